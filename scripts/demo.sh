@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The main job: register the 3D sample pair, write the results and a screenshot to demo_output/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export WARPSEG_CACHE="${WARPSEG_CACHE:-$PWD/.cache}"
+if [ -n "${DISPLAY:-}" ]; then
+  exec .venv/bin/warpseg demo "$@"
+fi
+exec xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/warpseg demo "$@"

@@ -1,0 +1,80 @@
+"""Summaries of benchmark rows and the Markdown sections of BENCHMARKS.md."""
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import re
+from pathlib import Path
+
+import numpy as np
+
+TIME_BASELINES = ("ants-syn", "sitk-bspline")
+HEADER = "# Benchmarks\n\nWritten by `warpseg bench`; each section is replaced by the run that measured it.\n"
+
+
+def summarise(rows: dict[str, list[dict]]) -> dict[str, dict]:
+    """Mean and standard deviation of each metric per method."""
+    summary = {}
+    for method, measured in rows.items():
+        entry = {"pairs": len(measured), "device": measured[0]["device"] if measured else "cpu"}
+        for key in ("dice_before", "dice_mean", "hd95_mean", "asd_mean", "folding_percent", "seconds"):
+            values = np.array([row[key] for row in measured], dtype=float)
+            entry[key] = (float(np.nanmean(values)), float(np.nanstd(values)))
+        summary[method] = entry
+    return summary
+
+
+def machine_description() -> str:
+    """CPU model, core count and library versions of this machine."""
+    import torch
+
+    model = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{model}, {os.cpu_count()} cores, {gpu}; torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads), Python {platform.python_version()}")
+
+
+def render_table(ndim: int, pairs, summary: dict[str, dict], machine: str) -> str:
+    """A Markdown section: one row per method, time as a ratio to the slowest classical baseline."""
+    baseline = next((name for name in TIME_BASELINES if name in summary), None)
+    today = datetime.date.today().isoformat()
+    lines = [
+        f"## Registration, {ndim}D dev pairs (seg4 labels)",
+        "",
+        f"Run {today} on {machine}. Pairs: {', '.join(p.name for p in pairs)}. "
+        "Dice: mean over labels present in the fixed map; HD95/ASD in mm; fold: % voxels with det(J) <= 0; "
+        "time: the registration itself, per pair" + (f"; speed-up: {baseline} time / method time." if baseline else "."),
+        "",
+        "| method | Dice before | Dice after | HD95 (mm) | ASD (mm) | fold % | s / pair | speed-up |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for method, entry in summary.items():
+        seconds = entry["seconds"][0]
+        ratio = summary[baseline]["seconds"][0] / seconds if baseline and seconds > 0 else float("nan")
+        lines.append(
+            f"| {method} | {_pm(entry['dice_before'])} | {_pm(entry['dice_mean'])} | {_pm(entry['hd95_mean'], 2)} | "
+            f"{_pm(entry['asd_mean'], 2)} | {entry['folding_percent'][0]:.3f} | {seconds:.2f} | {ratio:.1f}x |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def update_benchmarks_file(path: Path, key: str, ndim: int, pairs, summary, machine: str) -> None:
+    """Replace (or append) the section ``key`` of the benchmarks file, keeping the others."""
+    section = f"<!-- bench:{key} -->\n{render_table(ndim, pairs, summary, machine)}<!-- /bench:{key} -->\n"
+    text = path.read_text() if path.exists() else HEADER
+    pattern = re.compile(rf"<!-- bench:{re.escape(key)} -->.*?<!-- /bench:{re.escape(key)} -->\n", re.S)
+    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
+    path.write_text(text)
+
+
+def _pm(value: tuple[float, float], digits: int = 3) -> str:
+    mean, spread = value
+    return "n/a" if np.isnan(mean) else f"{mean:.{digits}f} ± {spread:.{digits}f}"

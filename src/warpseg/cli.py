@@ -1,0 +1,207 @@
+"""The ``warpseg`` command: everything the GUI does, headless."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from warpseg.errors import WarpsegError
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status (0 ok, 2 bad input, 130 interrupted)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return 2
+    try:
+        return args.run(args) or 0
+    except WarpsegError as error:
+        print(f"warpseg: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("warpseg: interrupted; nothing was written", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="warpseg", description=__doc__)
+    commands = parser.add_subparsers(title="commands")
+    _add_register(commands)
+    _add_methods(commands)
+    _add_train(commands)
+    _add_bench(commands)
+    _add_demo(commands)
+    return parser
+
+
+def _add_register(commands) -> None:
+    command = commands.add_parser("register", help="register MOVING to FIXED and write the results")
+    command.add_argument("moving", type=Path)
+    command.add_argument("fixed", type=Path)
+    command.add_argument("--method", default="sitk-bspline", help="see `warpseg methods` (default: sitk-bspline)")
+    command.add_argument("--weights", default=None, help="weights file for learned methods")
+    command.add_argument("--moving-labels", type=Path, default=None)
+    command.add_argument("--fixed-labels", type=Path, default=None)
+    command.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    command.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                         help="a method option, e.g. --option iterations=50 (repeatable)")
+    command.add_argument("--out", type=Path, required=True, help="output folder")
+    command.add_argument("--quiet", action="store_true", help="print no progress")
+    command.set_defaults(run=_run_register)
+
+
+def _run_register(args) -> int:
+    from warpseg.engine import register, run_to_end, write_result
+    from warpseg.io import read_volume
+
+    moving = read_volume(args.moving, labels=False)
+    fixed = read_volume(args.fixed, labels=False)
+    moving_labels = read_volume(args.moving_labels, labels=True) if args.moving_labels else None
+    fixed_labels = read_volume(args.fixed_labels, labels=True) if args.fixed_labels else None
+    job = register(moving, fixed, args.method, moving_labels=moving_labels, fixed_labels=fixed_labels,
+                   weights=args.weights, device=args.device, options=parse_options(args.option))
+    result = run_to_end(job, None if args.quiet else ProgressPrinter(args.method))
+    write_result(result, args.out)
+    print(format_summary(result, args.out))
+    return 0
+
+
+def parse_options(pairs: list[str]) -> dict:
+    """``["iterations=50", "mode=diffeo"]`` to ``{"iterations": 50, "mode": "diffeo"}``."""
+    options = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise WarpsegError(f"option {pair!r} is not KEY=VALUE; write e.g. --option iterations=50")
+        key, value = pair.split("=", 1)
+        options[key.strip().replace("-", "_")] = _parse_value(value.strip())
+    return options
+
+
+def _parse_value(text: str):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+class ProgressPrinter:
+    """Prints progress records to stderr, at most about once a second per stage."""
+
+    def __init__(self, label: str, interval: float = 1.0) -> None:
+        self.label, self.interval, self.last = label, interval, {}
+
+    def __call__(self, progress) -> None:
+        now = time.monotonic()
+        if now - self.last.get(progress.stage, -1e9) < self.interval:
+            return
+        self.last[progress.stage] = now
+        share = f" {progress.fraction:4.0%}" if progress.fraction is not None else ""
+        loss = f" loss {progress.loss:.4f}" if progress.loss is not None else ""
+        print(f"[{self.label}] {progress.stage}{share} {progress.message}{loss}", file=sys.stderr)
+
+
+def format_summary(result, out_dir: Path) -> str:
+    metrics = result.metrics
+    parts = [f"{result.method}: {result.seconds_registration:.2f} s registration "
+             f"({result.seconds_total:.2f} s total) on {result.device}",
+             f"folding {metrics['folding_percent']:.3f} %"]
+    if "dice_mean" in metrics:
+        parts.append(f"Dice {metrics['dice_before']:.3f} -> {metrics['dice_mean']:.3f}, "
+                     f"HD95 {metrics['hd95_mean']:.2f} mm")
+    return "; ".join(parts) + f"\nwritten to {out_dir}"
+
+
+def _add_methods(commands) -> None:
+    command = commands.add_parser("methods", help="list the registration methods")
+    command.set_defaults(run=_run_methods)
+
+
+def _run_methods(args) -> int:
+    from warpseg.methods import METHODS
+
+    for name, method in METHODS.items():
+        missing = method.missing_requirements()
+        state = "ready" if not missing else f"needs {', '.join(missing)}"
+        print(f"{name:14s} {state:14s} {method.description}")
+    return 0
+
+
+def _add_train(commands) -> None:
+    command = commands.add_parser("train", help="train a learned method on the shared data; writes a checkpoint")
+    command.add_argument("method", help="nice-trans or vxm")
+    command.add_argument("--data", type=Path, default=None, help="shared data folder (default: $WARPSEG_DATA or ../shared/data)")
+    command.add_argument("--ndim", type=int, choices=[2, 3], required=True)
+    command.add_argument("--out", type=Path, required=True, help="checkpoint file to write (.pt)")
+    command.add_argument("--steps", type=int, default=2000)
+    command.add_argument("--lr", type=float, default=1e-4)
+    command.add_argument("--smoothness", type=float, default=1.0, help="weight of the diffusion regulariser")
+    command.add_argument("--dice-weight", type=float, default=1.0, help="weight of the label Dice term (0: unsupervised)")
+    command.add_argument("--validate-every", type=int, default=250)
+    command.add_argument("--validation-subjects", default="vxm", help="comma-separated held-out subjects")
+    command.add_argument("--label-maps", type=int, default=15, help="SynthSeg label maps used for synthetic images")
+    command.add_argument("--seed", type=int, default=0)
+    command.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    command.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
+                         help="network constructor option, e.g. --model-option integration_steps=7")
+    command.add_argument("--resume", action="store_true", help="continue from OUT's .state.pt file")
+    command.set_defaults(run=_run_train)
+
+
+def _run_train(args) -> int:
+    from warpseg.bench.pairs import default_data_dir
+    from warpseg.engine.register import resolve_device, run_to_end
+    from warpseg.learning.train import TrainingConfig, train_registration
+
+    config = TrainingConfig(
+        method=args.method, ndim=args.ndim, data=str(args.data or default_data_dir()), steps=args.steps,
+        learning_rate=args.lr, smoothness=args.smoothness, dice_weight=args.dice_weight, seed=args.seed,
+        validate_every=args.validate_every, validation_subjects=tuple(args.validation_subjects.split(",")),
+        label_maps=args.label_maps, device=resolve_device(args.device), model_options=parse_options(args.model_option))
+    path = run_to_end(train_registration(config, args.out, resume=args.resume), ProgressPrinter(f"train {args.method}", 5.0))
+    print(f"checkpoint written to {path}")
+    return 0
+
+
+def _add_bench(commands) -> None:
+    command = commands.add_parser("bench", help="benchmark methods on the dev pairs; writes BENCHMARKS.md")
+    command.add_argument("--data", type=Path, default=None, help="shared data folder (default: $WARPSEG_DATA or ../shared/data)")
+    command.add_argument("--methods", default=None, help="comma-separated method names (default: all available)")
+    command.add_argument("--ndim", type=int, choices=[2, 3], action="append", default=None,
+                         help="2 and/or 3 (default: both)")
+    command.add_argument("--max-pairs", type=int, default=None, help="use at most this many pairs per dimension")
+    command.add_argument("--output", type=Path, default=Path("BENCHMARKS.md"))
+    command.set_defaults(run=_run_bench)
+
+
+def _run_bench(args) -> int:
+    from warpseg.bench import run_benchmark
+
+    methods = args.methods.split(",") if args.methods else None
+    run_benchmark(args.data, methods=methods, ndims=args.ndim or [2, 3], max_pairs=args.max_pairs,
+                  output=args.output)
+    return 0
+
+
+def _add_demo(commands) -> None:
+    command = commands.add_parser("demo", help="the main job: register the sample pair, write results and a screenshot")
+    command.add_argument("--out", type=Path, default=Path("demo_output"))
+    command.add_argument("--method", default=None, help="registration method (default: the demo's choice)")
+    command.add_argument("--ndim", type=int, choices=[2, 3], default=3)
+    command.add_argument("--no-screenshot", action="store_true")
+    command.set_defaults(run=_run_demo)
+
+
+def _run_demo(args) -> int:
+    from warpseg.demo import run_demo
+
+    run_demo(args.out, method=args.method, ndim=args.ndim, screenshot=not args.no_screenshot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

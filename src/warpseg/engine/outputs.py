@@ -1,0 +1,53 @@
+"""Writing a registration's outputs to a folder, all or nothing."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from warpseg.engine.result import RegistrationResult
+from warpseg.io.displacement import write_itk_displacement
+from warpseg.io.write import write_volume
+
+
+def write_result(result: RegistrationResult, out_dir: str | Path) -> list[Path]:
+    """Write the register contract's files into ``out_dir``; nothing appears there on failure.
+
+    Files: ``warped.nii.gz``, ``warped_labels.nii.gz`` (with moving labels),
+    ``displacement.nii.gz`` (ITK convention; 2D also ``displacement.mha``), ``jacobian.nii.gz``
+    and ``result.json``. They are written to a temporary folder beside ``out_dir`` and moved
+    into place at the end; other files already in ``out_dir`` are left alone.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        _write_all(result, staging)
+        out_dir.mkdir(exist_ok=True)
+        written = []
+        for path in sorted(staging.iterdir()):
+            os.replace(path, out_dir / path.name)
+            written.append(out_dir / path.name)
+        return written
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_all(result: RegistrationResult, folder: Path) -> None:
+    write_volume(result.warped, folder / "warped.nii.gz")
+    if result.warped_labels is not None:
+        write_volume(result.warped_labels, folder / "warped_labels.nii.gz")
+    write_itk_displacement(result.displacement, result.fixed, folder / "displacement.nii.gz")
+    if result.fixed.ndim == 2:
+        write_itk_displacement(result.displacement, result.fixed, folder / "displacement.mha")
+    write_volume(result.jacobian, folder / "jacobian.nii.gz")
+    (folder / "result.json").write_text(json.dumps(result.summary(), indent=2, default=_plain) + "\n")
+
+
+def _plain(value):
+    """JSON fallback for numpy scalars and paths."""
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)

@@ -1,0 +1,127 @@
+"""The registration pipeline: one contract for every method, headless, as a generator."""
+from __future__ import annotations
+
+import time
+from collections.abc import Generator
+from typing import Any
+
+import numpy as np
+
+from warpseg.engine.result import RegistrationResult
+from warpseg.engine.validate import check_pair
+from warpseg.io.volume import Volume
+from warpseg.methods import MethodOutput, Progress, RegistrationInput, get_method
+
+RegistrationJob = Generator[Progress, None, RegistrationResult]
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``"auto"`` picks CUDA when a GPU is present; ``"cuda"`` without one is an error."""
+    import torch
+
+    from warpseg.errors import InputError
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda"):
+        raise InputError(f"unknown device {device!r}; use auto, cpu or cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError("device 'cuda' was asked for but no CUDA GPU is available; use --device cpu or auto")
+    return device
+
+
+def normalise_intensity(array: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndarray:
+    """Robust min-max scaling to [0, 1] between two percentiles, clipped."""
+    lower, upper = np.percentile(array, [low, high])
+    if upper <= lower:
+        lower, upper = float(array.min()), float(array.max())
+    return np.clip((array - lower) / (upper - lower), 0.0, 1.0).astype(np.float32)
+
+
+def register(moving: Volume, fixed: Volume, method: str, *, moving_labels: Volume | None = None,
+             fixed_labels: Volume | None = None, weights: str | None = None, device: str = "auto",
+             options: dict[str, Any] | None = None) -> RegistrationJob:
+    """Register ``moving`` to ``fixed`` with the named method.
+
+    A generator: it yields :class:`Progress` records and returns a :class:`RegistrationResult`
+    whose every output lies on the fixed image's grid. Closing it cancels the work.
+    """
+    started = time.perf_counter()
+    check_pair(moving, fixed, moving_labels, fixed_labels)
+    method_class = get_method(method)
+    device = resolve_device(device)
+    instance = method_class(weights=weights, **(options or {}))
+    yield Progress("prepare", 0, 1, "resampling the moving image onto the fixed grid")
+    pair = prepare_pair(moving, fixed, moving_labels, fixed_labels, device)
+    method_started = time.perf_counter()
+    output: MethodOutput = yield from instance.run(pair)
+    seconds_registration = time.perf_counter() - method_started
+    yield Progress("finish", 0, 1, "warping and measuring")
+    result = assemble_result(moving, fixed, moving_labels, fixed_labels, output)
+    result.method, result.device = method, device
+    result.weights = weights or output.details.get("weights_file")
+    result.seconds_registration = seconds_registration
+    result.seconds_total = time.perf_counter() - started
+    return result
+
+
+def prepare_pair(moving: Volume, fixed: Volume, moving_labels: Volume | None,
+                 fixed_labels: Volume | None, device: str) -> RegistrationInput:
+    """Put the moving image (and labels) on the fixed grid and normalise intensities."""
+    from warpseg.spatial import resample_volume
+
+    moving_on_fixed = moving if moving.same_grid(fixed) else resample_volume(moving, fixed)
+    labels_on_fixed = None
+    if moving_labels is not None:
+        labels_on_fixed = moving_labels if moving_labels.same_grid(fixed) else resample_volume(moving_labels, fixed)
+    return RegistrationInput(
+        moving=normalise_intensity(moving_on_fixed.array),
+        fixed=normalise_intensity(fixed.array),
+        spacing=tuple(float(s) for s in fixed.spacing),
+        moving_labels=None if labels_on_fixed is None else labels_on_fixed.array,
+        fixed_labels=None if fixed_labels is None else fixed_labels.array,
+        device=device,
+    )
+
+
+def assemble_result(moving: Volume, fixed: Volume, moving_labels: Volume | None,
+                    fixed_labels: Volume | None, output: MethodOutput) -> RegistrationResult:
+    """Warp the native moving image and labels once through the field; measure everything."""
+    import torch
+
+    from warpseg.metrics import label_metrics, normalized_cross_correlation
+    from warpseg.spatial import folding_percent, jacobian_determinant, resample_volume
+
+    field = torch.as_tensor(np.asarray(output.displacement, dtype=np.float32))[None]
+    warped = resample_volume(moving, fixed, field)
+    determinant = jacobian_determinant(field)[0].numpy().astype(np.float32)
+    metrics: dict[str, Any] = {
+        "folding_percent": folding_percent(torch.as_tensor(determinant)),
+        "ncc_before": normalized_cross_correlation(resample_volume(moving, fixed).array, fixed.array),
+        "ncc_after": normalized_cross_correlation(warped.array, fixed.array),
+    }
+    warped_labels = None
+    if moving_labels is not None:
+        warped_labels = resample_volume(moving_labels, fixed, field)
+        if fixed_labels is not None:
+            spacing = tuple(float(s) for s in fixed.spacing)
+            before = label_metrics(resample_volume(moving_labels, fixed).array, fixed_labels.array, spacing)
+            metrics["dice_before"] = before["dice_mean"]
+            metrics.update(label_metrics(warped_labels.array, fixed_labels.array, spacing))
+    return RegistrationResult(
+        method="", fixed=fixed, warped=warped, displacement=np.asarray(output.displacement, np.float32),
+        jacobian=fixed.with_array(determinant, is_labels=False), metrics=metrics,
+        seconds_registration=0.0, seconds_total=0.0, warped_labels=warped_labels,
+        partial=output.partial, details=dict(output.details),
+    )
+
+
+def run_to_end(job: RegistrationJob, on_progress=None) -> RegistrationResult:
+    """Drive a job to its end, passing each :class:`Progress` to ``on_progress``; return its result."""
+    while True:
+        try:
+            progress = next(job)
+        except StopIteration as stop:
+            return stop.value
+        if on_progress is not None:
+            on_progress(progress)

@@ -1,0 +1,1 @@
+"""What learned methods share: preprocessing, losses, checkpoints, training data and the training loop."""

@@ -1,0 +1,134 @@
+"""The training loop shared by learned registration methods: seeded, resumable, validated, with ETA."""
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from collections.abc import Generator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from warpseg.learning.checkpoint import save_checkpoint
+from warpseg.learning.data import NUM_SEG4, TARGET_SPACING, RegistrationData
+from warpseg.learning.losses import RegistrationLoss, one_hot
+from warpseg.learning.preprocess import Preprocessing
+from warpseg.methods.base import Progress
+
+
+@dataclass
+class TrainingConfig:
+    """Everything that decides a training run; stored in the checkpoint."""
+
+    method: str
+    ndim: int
+    data: str
+    steps: int = 2000
+    learning_rate: float = 1e-4
+    smoothness: float = 1.0
+    dice_weight: float = 1.0
+    seed: int = 0
+    validate_every: int = 250
+    validation_subjects: tuple[str, ...] = ("vxm",)
+    label_maps: int = 15
+    device: str = "cpu"
+    model_options: dict = field(default_factory=dict)
+
+
+def train_registration(config: TrainingConfig, out: Path, *, resume: bool = False) -> Generator[Progress, None, Path]:
+    """Train ``config.method`` and write a self-describing checkpoint to ``out``.
+
+    Yields :class:`Progress` (loss, ETA) and returns the checkpoint path. A ``.state.pt`` file
+    beside ``out`` holds optimiser and random states, so ``resume=True`` continues a stopped run.
+    """
+    from warpseg.learning.registry import new_model
+
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    model = new_model(config.method, config.ndim, **config.model_options).to(config.device)
+    optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    state_file = Path(out).with_suffix(".state.pt")
+    history, step = [], 0
+    if resume and state_file.exists():
+        state = torch.load(state_file, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        optimiser.load_state_dict(state["optimiser"])
+        generator.set_state(state["generator"])
+        step, history = state["step"], state["history"]
+    yield Progress("train", step, config.steps, "loading training data")
+    data = RegistrationData(config.data, config.ndim, config.validation_subjects, config.label_maps)
+    loss_function = RegistrationLoss(config.ndim, smoothness=config.smoothness, dice_weight=config.dice_weight)
+    started, first_step, running = time.perf_counter(), step, []
+    while step < config.steps:
+        model.train()
+        terms = training_step(model, optimiser, loss_function, data.sample(generator), config.device)
+        step += 1
+        running.append(terms["total"])
+        if step % 10 == 0 or step == config.steps:
+            rate = (time.perf_counter() - started) / (step - first_step)
+            yield Progress("train", step, config.steps, f"ETA {_clock(rate * (config.steps - step))}",
+                           loss=float(np.mean(running[-50:])))
+        if step % config.validate_every == 0 or step == config.steps:
+            scores = validate(model, data, config.device)
+            history.append({"step": step, **scores})
+            yield Progress("validate", step, config.steps, f"validation Dice {scores['dice']:.3f} "
+                           f"(before {scores['dice_before']:.3f})")
+            torch.save({"model": model.state_dict(), "optimiser": optimiser.state_dict(), "step": step,
+                        "generator": generator.get_state(), "history": history}, state_file)
+            _write(out, model, config, data, history, time.perf_counter() - started)
+    return Path(out)
+
+
+def training_step(model, optimiser, loss_function, pair: dict, device: str) -> dict[str, float]:
+    """One optimisation step on one pair; returns the loss terms as floats."""
+    from warpseg.spatial import warp_image
+
+    moving, fixed = pair["moving"].to(device), pair["fixed"].to(device)
+    outputs = model(moving, fixed)
+    displacement = outputs["displacement"]
+    warped = warp_image(moving, displacement)
+    warped_onehot = warp_image(one_hot(pair["moving_labels"].to(device), NUM_SEG4), displacement)
+    terms = loss_function(warped, fixed, displacement, warped_onehot, one_hot(pair["fixed_labels"].to(device), NUM_SEG4))
+    if "affine_displacement" in outputs and outputs["affine_displacement"] is not displacement:
+        terms["total"] = terms["total"] + loss_function.similarity(warp_image(moving, outputs["affine_displacement"]), fixed)
+    optimiser.zero_grad(set_to_none=True)
+    terms["total"].backward()
+    optimiser.step()
+    return {key: float(value.detach()) for key, value in terms.items()}
+
+
+def validate(model, data: RegistrationData, device: str) -> dict[str, float]:
+    """Mean Dice (seg4, nearest-neighbour label warp) over the validation pairs, before and after."""
+    from warpseg.metrics import dice_per_label
+    from warpseg.spatial import warp_labels
+
+    model.eval()
+    before, after = [], []
+    with torch.inference_mode():
+        for _, pair in data.validation_pairs():
+            displacement = model(pair["moving"].to(device), pair["fixed"].to(device))["displacement"]
+            warped = warp_labels(pair["moving_labels"].to(device), displacement)
+            fixed = pair["fixed_labels"][0, 0].numpy()
+            before.append(np.mean(list(dice_per_label(pair["moving_labels"][0, 0].numpy(), fixed).values())))
+            after.append(np.mean(list(dice_per_label(warped[0, 0].cpu().numpy(), fixed).values())))
+    return {"dice": float(np.mean(after)), "dice_before": float(np.mean(before)), "pairs": len(after)}
+
+
+def _write(out: Path, model, config: TrainingConfig, data: RegistrationData, history: list, seconds: float) -> None:
+    preprocessing = Preprocessing(target_spacing=TARGET_SPACING[config.ndim], size_multiple=model.size_multiple)
+    training = {
+        "command": "warpseg " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else None,
+        "config": {**asdict(config), "validation_subjects": list(config.validation_subjects)},
+        "data": {"training_subjects": data.sources, "validation_subjects": [s.name for s in data.validation]},
+        "validation": history[-1] if history else None, "history": history, "seconds": round(seconds, 1),
+        "torch": torch.__version__,
+    }
+    save_checkpoint(out, method=config.method, model=model, preprocessing=preprocessing.as_dict(), training=training)
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"

@@ -1,0 +1,47 @@
+"""Registry of registration methods: every method is reachable by its name."""
+from __future__ import annotations
+
+from warpseg.errors import InputError
+from warpseg.methods.base import MethodOutput, Progress, RegistrationInput, RegistrationMethod
+from warpseg.methods.sitk_affine import SitkAffine
+from warpseg.methods.sitk_bspline import SitkBspline
+from warpseg.methods.sitk_demons import SitkDemons
+from warpseg.methods.ants_syn import AntsSyn
+from warpseg.methods.identity import Identity
+from warpseg.methods.nice_trans import NiceTransAffineRegistration, NiceTransRegistration
+from warpseg.methods.voxelmorph import VoxelMorphRegistration
+
+METHODS: dict[str, type[RegistrationMethod]] = {
+    method.name: method for method in (Identity, SitkAffine, SitkBspline, SitkDemons, AntsSyn,
+                                       NiceTransRegistration, NiceTransAffineRegistration, VoxelMorphRegistration)
+}
+
+
+def available_methods(ndim: int | None = None) -> list[str]:
+    """Names of the methods that can run here: requirements installed, and (for learned methods)
+    shipped weights for ``ndim`` dimensions when ``ndim`` is given."""
+    names = []
+    for name, method in METHODS.items():
+        if method.missing_requirements():
+            continue
+        if ndim is not None and method.needs_weights and not method.has_shipped_weights(ndim):
+            continue
+        names.append(name)
+    return names
+
+
+def get_method(name: str) -> type[RegistrationMethod]:
+    """The method class called ``name``; a clear error when it is unknown or not installed."""
+    if name not in METHODS:
+        raise InputError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}")
+    method = METHODS[name]
+    missing = method.missing_requirements()
+    if missing:
+        raise InputError(
+            f"method {name!r} needs {', '.join(missing)}; install it (pip install 'napari-warpseg[ants]')"
+        )
+    return method
+
+
+__all__ = ["METHODS", "available_methods", "get_method", "MethodOutput", "Progress",
+           "RegistrationInput", "RegistrationMethod"]

@@ -1,0 +1,99 @@
+"""The contract every registration method honours, learned, instance-optimised or classical."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+
+@dataclass
+class Progress:
+    """One progress report of a long job; the CLI prints it and the GUI draws it.
+
+    ``preview`` optionally carries a small current warped image (or atlas) for live display.
+    """
+
+    stage: str
+    step: int
+    total: int | None = None
+    message: str = ""
+    loss: float | None = None
+    preview: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def fraction(self) -> float | None:
+        """Share of the stage done, in [0, 1], or None when the total is unknown."""
+        if not self.total:
+            return None
+        return min(1.0, max(0.0, self.step / self.total))
+
+
+@dataclass
+class RegistrationInput:
+    """A pair on one voxel grid (the fixed image's), intensities normalised to [0, 1].
+
+    Shapes
+    ------
+    moving, fixed: ``S`` (2D or 3D); labels: ``S`` integer or None; spacing: ``(ndim,)`` mm.
+    """
+
+    moving: np.ndarray
+    fixed: np.ndarray
+    spacing: tuple[float, ...]
+    moving_labels: np.ndarray | None = None
+    fixed_labels: np.ndarray | None = None
+    device: str = "cpu"
+
+    @property
+    def ndim(self) -> int:
+        return self.fixed.ndim
+
+
+@dataclass
+class MethodOutput:
+    """What a method returns: the displacement on the fixed grid, in fixed voxel units.
+
+    Shapes
+    ------
+    displacement: ``(ndim, *S)`` float32; the warp is ``moving(x + displacement(x))``.
+    """
+
+    displacement: np.ndarray
+    details: dict[str, Any] = field(default_factory=dict)
+    partial: bool = False
+
+
+class RegistrationMethod(ABC):
+    """Base class of all methods; subclasses set the class attributes and implement :meth:`run`."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    iterative: ClassVar[bool] = False
+    needs_weights: ClassVar[bool] = False
+    requires: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, weights: str | None = None, **options: Any) -> None:
+        self.weights = weights
+        self.options = options
+
+    @classmethod
+    def missing_requirements(cls) -> list[str]:
+        """Python packages this method needs that are not installed."""
+        from importlib.util import find_spec
+
+        return [package for package in cls.requires if find_spec(package) is None]
+
+    @classmethod
+    def has_shipped_weights(cls, ndim: int) -> bool:
+        """True when the package ships weights for ``ndim`` dimensions (always, for untrained methods)."""
+        return not cls.needs_weights
+
+    @abstractmethod
+    def run(self, pair: RegistrationInput) -> Generator[Progress, None, MethodOutput]:
+        """Register ``pair``: yield :class:`Progress` records, return a :class:`MethodOutput`.
+
+        Closing the generator cancels the work; it must stop promptly.
+        """

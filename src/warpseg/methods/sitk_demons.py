@@ -1,0 +1,5 @@
+from warpseg.methods.identity import Identity
+
+
+class SitkDemons(Identity):
+    name = "sitk_demons"

@@ -1,0 +1,212 @@
+"""Shared SimpleITK machinery for the classical methods.
+
+* local-frame images: a numpy array of axes ``(i, j, k)`` becomes a SimpleITK image whose ITK
+  index ``(x, y, z)`` is ``(i, j, k)``, with origin 0, identity direction and the given spacing;
+* conversion of a SimpleITK transform (or a physical displacement field) into our displacement
+  in fixed voxel units, ``(ndim, *S)`` float32;
+* cancellable execution of a blocking SimpleITK call in a worker thread, its iteration events
+  turned into :class:`~warpseg.methods.base.Progress` records.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Generator, Sequence
+from typing import Any, TypeVar
+
+import numpy as np
+import SimpleITK as sitk
+
+from warpseg.methods.base import Progress
+
+T = TypeVar("T")
+#: ``report()`` is called from the worker on each iteration event: ``(step, loss, message)``.
+Report = Callable[[], tuple[int, float | None, str]]
+
+POLL_SECONDS = 0.05
+HEARTBEAT_SECONDS = 0.5
+
+
+def available_cores() -> int:
+    """Number of CPU cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def configure_threads(threads: int | None = None) -> int:
+    """Set SimpleITK's default thread count to ``threads`` (at most the cores; all when None).
+
+    Returns the number of threads set. Affects filters created afterwards.
+    """
+    cores = available_cores()
+    count = cores if threads is None else max(1, min(int(threads), cores))
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(count)
+    return count
+
+
+def to_sitk(array: np.ndarray, spacing: Sequence[float]) -> sitk.Image:
+    """A float32 SimpleITK image of ``array`` in the local frame (origin 0, identity direction).
+
+    Shapes
+    ------
+    array: ``S`` (2D or 3D), numpy axis ``d`` is ITK index axis ``d``; spacing: ``(ndim,)`` mm.
+    """
+    if len(spacing) != array.ndim:
+        raise ValueError(f"spacing {tuple(spacing)} does not match a {array.ndim}D array")
+    image = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(array, dtype=np.float32).T))
+    image.SetSpacing([float(s) for s in spacing])
+    return image
+
+
+def from_sitk(image: sitk.Image) -> np.ndarray:
+    """The scalar image's pixels in our axis order (the inverse of :func:`to_sitk`)."""
+    return np.ascontiguousarray(sitk.GetArrayFromImage(image).T)
+
+
+def field_to_displacement(field: sitk.Image) -> np.ndarray:
+    """A physical displacement field image (local frame) as our displacement in voxel units.
+
+    Shapes
+    ------
+    field: vector image of ``ndim`` components in mm; returns ``(ndim, *S)`` float32.
+    """
+    ndim = field.GetDimension()
+    vectors = sitk.GetArrayViewFromImage(field)  # (z, y, x, ndim) for 3D
+    spatial = tuple(range(ndim - 1, -1, -1))
+    out = np.empty((ndim, *field.GetSize()), dtype=np.float32)
+    for component, size in enumerate(field.GetSpacing()):
+        out[component] = vectors[..., component].transpose(spatial) / size
+    return out
+
+
+def displacement_field_filter(reference: sitk.Image) -> sitk.TransformToDisplacementFieldFilter:
+    """A filter that samples a transform's displacement on ``reference``'s grid (float64 vectors)."""
+    sampler = sitk.TransformToDisplacementFieldFilter()
+    sampler.SetReferenceImage(reference)
+    sampler.SetOutputPixelType(sitk.sitkVectorFloat64)
+    return sampler
+
+
+def transform_to_displacement(transform: sitk.Transform, reference: sitk.Image
+                              ) -> Generator[Progress, None, np.ndarray]:
+    """Sample ``transform`` (fixed -> moving physical points) on ``reference``'s grid, cancellably.
+
+    Yields heartbeat progress while it works; returns ``(ndim, *S)`` float32 in voxel units.
+    """
+    sampler = displacement_field_filter(reference)
+    field = yield from run_cancellable(lambda: sampler.Execute(transform), sampler,
+                                       stage="displacement")
+    return field_to_displacement(field)
+
+
+def _stop(process: Any, worker: threading.Thread) -> None:
+    """Ask the running SimpleITK process to stop until its worker thread has ended."""
+    while worker.is_alive():
+        for name in ("StopRegistration", "Abort"):
+            stop = getattr(process, name, None)
+            if stop is not None:
+                stop()
+        worker.join(POLL_SECONDS)
+
+
+def run_cancellable(execute: Callable[[], T], process: Any, *, stage: str,
+                    total: int | None = None, report: Report | None = None
+                    ) -> Generator[Progress, None, T]:
+    """Run the blocking ``execute()`` in a worker thread and yield its progress; return its result.
+
+    ``process`` is the SimpleITK object whose ``Execute`` runs (a registration method or a
+    filter): its iteration events become :class:`Progress` records via ``report``, and closing
+    this generator (``GeneratorExit``) stops it (``StopRegistration``/``Abort``), joins the
+    worker and re-raises. A heartbeat record is yielded while no event arrives, so the caller
+    can cancel at any time. Exceptions raised by ``execute`` propagate to the caller.
+    """
+    events: queue.SimpleQueue[Progress] = queue.SimpleQueue()
+    outcome: dict[str, Any] = {}
+    last = Progress(stage, 0, total, "starting")
+
+    def on_iteration() -> None:
+        if report is not None:
+            step, loss, message = report()
+            events.put(Progress(stage, step, total, message, loss))
+
+    def work() -> None:
+        try:
+            outcome["result"] = execute()
+        except BaseException as error:  # noqa: BLE001 - handed to the caller's thread
+            outcome["error"] = error
+
+    if report is not None:
+        process.AddCommand(sitk.sitkIterationEvent, on_iteration)
+    worker = threading.Thread(target=work, name=f"warpseg-sitk-{stage}", daemon=True)
+    worker.start()
+    try:
+        yield last
+        beat = time.monotonic()
+        while worker.is_alive() or not events.empty():
+            try:
+                last = events.get(timeout=POLL_SECONDS)
+            except queue.Empty:
+                if time.monotonic() - beat < HEARTBEAT_SECONDS:
+                    continue
+                last = Progress(stage, last.step, total, "working", last.loss)
+            beat = time.monotonic()
+            yield last
+    except BaseException:
+        _stop(process, worker)
+        raise
+    finally:
+        if report is not None:
+            process.RemoveAllCommands()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
+def registration_report(method: sitk.ImageRegistrationMethod, iterations: Sequence[int]
+                        ) -> Report:
+    """A ``report`` for :func:`run_cancellable` counting iterations over all pyramid levels."""
+    offsets = np.concatenate([[0], np.cumsum(iterations)]).astype(int)
+
+    def report() -> tuple[int, float | None, str]:
+        level = min(int(method.GetCurrentLevel()), len(iterations) - 1)
+        iteration = int(method.GetOptimizerIteration())
+        step = int(offsets[level]) + min(iteration, int(iterations[level]))
+        return step, float(method.GetMetricValue()), f"level {level + 1}/{len(iterations)}"
+
+    return report
+
+
+def resolve_options(defaults: dict[str, Any], given: dict[str, Any], method: str) -> dict[str, Any]:
+    """``defaults`` updated by ``given``, each value cast to its default's type.
+
+    Tuple options accept a sequence or a comma-separated string (``"4,2,1"``, as the CLI gives).
+    Raises :class:`~warpseg.errors.InputError` for unknown names or values that do not cast.
+    """
+    from warpseg.errors import InputError
+
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise InputError(f"{method} has no option {', '.join(unknown)}; "
+                         f"its options are: {', '.join(sorted(defaults))}")
+    resolved = dict(defaults)
+    for key, value in given.items():
+        default = defaults[key]
+        try:
+            if isinstance(default, tuple):
+                items = value.split(",") if isinstance(value, str) else list(np.atleast_1d(value))
+                kind = type(default[0]) if default else float
+                resolved[key] = tuple(kind(item) for item in items)
+            elif isinstance(default, bool):
+                resolved[key] = value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
+            elif default is None or isinstance(default, str):
+                resolved[key] = value
+            else:
+                resolved[key] = type(default)(value)
+        except (TypeError, ValueError) as error:
+            raise InputError(f"{method} option {key}={value!r} is not a valid "
+                             f"{type(default).__name__}: {error}") from None
+    return resolved

@@ -1,0 +1,44 @@
+"""The benchmark: dev pairs across subjects, tables that replace only their own section."""
+import pytest
+
+from warpseg.bench.pairs import dev_pairs
+from warpseg.bench.report import summarise, update_benchmarks_file
+from warpseg.bench.run import run_benchmark
+from warpseg.errors import InputError
+
+ROW = {"device": "cpu", "dice_before": 0.5, "dice_mean": 0.7, "hd95_mean": 3.0, "asd_mean": 1.0,
+       "folding_percent": 0.0, "seconds": 2.0}
+
+
+def test_pairs_never_register_a_subject_to_itself(shared_data):
+    pairs = dev_pairs(shared_data, 2)
+    assert len(pairs) == 6
+    assert all(p.moving.name.split("_")[0] != p.fixed.name.split("_")[0] for p in pairs)
+    first_three = dev_pairs(shared_data, 3, max_pairs=3)
+    assert sorted(p.name.split("->")[0] for p in first_three) == ["subjX", "subjY", "vxm"]
+
+
+def test_missing_data_is_a_clear_error(tmp_path):
+    with pytest.raises(InputError, match="--data"):
+        dev_pairs(tmp_path, 2)
+
+
+def test_sections_are_replaced_in_place(tmp_path, shared_data):
+    path = tmp_path / "BENCHMARKS.md"
+    pairs = dev_pairs(shared_data, 2, max_pairs=1)
+    update_benchmarks_file(path, "register-2d", 2, pairs, summarise({"identity": [ROW]}), "test machine")
+    update_benchmarks_file(path, "register-3d", 3, pairs, summarise({"identity": [ROW]}), "test machine")
+    faster = dict(ROW, seconds=1.0)
+    update_benchmarks_file(path, "register-2d", 2, pairs, summarise({"identity": [faster]}), "test machine")
+    text = path.read_text()
+    assert text.count("<!-- bench:register-2d -->") == 1 and text.count("<!-- bench:register-3d -->") == 1
+    assert "| identity | 0.500 ± 0.000 | 0.700 ± 0.000 | 3.00 ± 0.00 | 1.00 ± 0.00 | 0.000 | 1.00 |" in text
+
+
+def test_identity_benchmark_on_one_real_2d_pair(tmp_path, shared_data):
+    output = tmp_path / "BENCHMARKS.md"
+    tables = run_benchmark(shared_data, methods=["identity"], ndims=[2], max_pairs=1, output=output)
+    entry = tables[2]["identity"]
+    assert 0.3 < entry["dice_before"][0] < 0.95
+    assert entry["dice_mean"][0] == pytest.approx(entry["dice_before"][0])
+    assert "| identity |" in output.read_text()
