@@ -52,15 +52,15 @@ class RegistrationData:
         self.synthetic_share = synthetic_share if self.label_only else 0.0
         self.sources = [s.name for s in self.training + self.label_only]
 
-    def sample(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """An augmented pair across two different subjects, tensors ``(1, 1, *S)``."""
+    def sample(self, generator: torch.Generator) -> dict:
+        """An augmented pair across two different subjects: tensors ``(1, 1, *S)`` and their names."""
         synthetic = torch.rand(1, generator=generator).item() < self.synthetic_share
         pool = self.label_only + self.training if synthetic else self.training
         if len(pool) < 2:
             pool = self.training + self.label_only
         first, second = torch.randperm(len(pool), generator=generator)[:2].tolist()
         index = int(torch.randint(len(pool[first]), (1,), generator=generator))
-        pair = {}
+        pair = {"subjects": (pool[first].name, pool[second].name)}
         for role, subject in (("moving", pool[first]), ("fixed", pool[second])):
             item = min(len(subject) - 1, max(0, index + int(torch.randint(-2, 3, (1,), generator=generator))))
             labels = subject.labels[item: item + 1]
