@@ -129,3 +129,17 @@ def test_closing_the_job_cancels_it():
     job.close()
     with pytest.raises(StopIteration):
         next(job)
+
+
+def test_outputs_open_in_napari_on_the_fixed_image(tmp_path):
+    from warpseg._plugin._reader import get_reader
+
+    paths = write_pair(tmp_path, 3)
+    run_contract(paths, tmp_path / "out")
+    fixed_layer = get_reader(str(paths["fixed"]))(str(paths["fixed"]))[0]
+    for name, kind in (("warped.nii.gz", "image"), ("warped_labels.nii.gz", "labels"), ("jacobian.nii.gz", "image")):
+        path = str(tmp_path / "out" / name)
+        data, attributes, layer_type = get_reader(path)(path)[0]
+        assert layer_type == kind, name
+        assert data.shape == fixed_layer[0].shape
+        assert np.allclose(attributes["affine"], fixed_layer[1]["affine"], atol=1e-4), name
