@@ -123,7 +123,7 @@ def _write(out: Path, model, config: TrainingConfig, data: RegistrationData, his
         "config": {**asdict(config), "validation_subjects": list(config.validation_subjects)},
         "data": {"training_subjects": data.sources, "validation_subjects": [s.name for s in data.validation]},
         "validation": history[-1] if history else None, "history": history, "seconds": round(seconds, 1),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
     }
     save_checkpoint(out, method=config.method, model=model, preprocessing=preprocessing.as_dict(), training=training)
 
