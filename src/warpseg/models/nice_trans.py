@@ -27,14 +27,18 @@ Architecture (METHODS.md §1; Meng et al., MICCAI 2023; slides ``nice-transeg_sl
 
 Deviations from the paper's code, and why
 -----------------------------------------
-* 2 Swin blocks (one regular + one shifted pair) per level instead of 4, no Swin at full resolution
-  (a conv, as in the paper's decoder), small widths by default: CPU training on 2 cores.
-* The decoder keeps the encoder's widths and upsamples its state linearly (the paper's decoder is
-  twice as wide and upsamples by a transposed conv + LayerNorm).
+* Small by default for CPU training on 2 cores: widths (8, 16, 32, 32, 32) for encoder and decoder
+  (the paper's decoder is twice as wide as its encoder), 2 heads, MLP ratio 2 (paper: 4), and one
+  Swin pair (regular + shifted window) per level instead of 4 Swin blocks. The window is the
+  paper's 5. As in the paper's code there is no Swin at full resolution (a 3x3 conv instead).
+* 1 affine + 5 deformable steps, as the slides state; the paper's code has only the affine at the
+  coarsest level (1 + 4).
+* The decoder state is upsampled linearly (the paper: transposed conv + LayerNorm).
 * Residuals are *composed* with the current transform rather than added to it, and the affine is
   predicted in isotropic centred coordinates (the paper uses per-axis ``[-1, 1]`` coordinates, which
   turn rotations into shears on non-square grids).
-* No instance normalisation in the encoder (the specification's conv module is conv + LeakyReLU).
+* Encoder conv modules as the slides and specification describe them (conv + LeakyReLU, max
+  pooling); the paper's code adds instance normalisation and uses average pooling.
 """
 from __future__ import annotations
 
@@ -114,7 +118,8 @@ class NiceTrans(nn.Module):
     window : Swin window side in voxels (the paper uses 5).
     heads : attention heads of the Swin pairs at levels 2.. (an int for all, or one per level).
     mlp_ratio : Swin MLP hidden width relative to the level's width.
-    affine : predict the affine step; if False it is the identity (a purely deformable network).
+    affine : predict the affine step; if False it is the identity (a purely deformable network
+        without an affine head).
     affine_only : return the affine transform only and skip the deformable steps (an attribute that
         may be switched after construction: the weights are the same in both modes).
 
@@ -169,7 +174,7 @@ class NiceTrans(nn.Module):
         coarsest = widths[-1]
         self.affine_fuse = conv(2 * coarsest, coarsest, 1)
         self.affine_refine = SwinBlockPair(coarsest, self.heads[-1], ndim, self.window, self.mlp_ratio)
-        self.affine_head = AffineHead(ndim, coarsest)
+        self.affine_head = AffineHead(ndim, coarsest) if self.affine else None
         state_widths = widths[1:] + [coarsest]  # decoder state entering each level
         self.fuse = nn.ModuleList(
             [conv(2 * width + state, width, 1) for width, state in zip(widths, state_widths)])
@@ -195,7 +200,7 @@ class NiceTrans(nn.Module):
         fixed_features = [f[batch:] for f in both]
         state = self.affine_fuse(torch.cat([fixed_features[-1], moving_features[-1]], dim=1))
         state = self.affine_refine(state)
-        if self.affine:
+        if self.affine_head is not None:
             normalised = self.affine_head(state)
         else:
             normalised = identity_affine(batch, self.ndim, state)

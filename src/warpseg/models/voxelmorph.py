@@ -94,7 +94,7 @@ class VoxelMorph(nn.Module):
             features = conv(features)
             skips.append(features)
             features = self.pool(features)
-        for index, conv in enumerate(self.decoder):
+        for conv in self.decoder:
             features = conv(features)
             if skips:
                 skip = skips.pop()
