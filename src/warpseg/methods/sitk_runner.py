@@ -25,7 +25,7 @@ T = TypeVar("T")
 #: ``report()`` is called from the worker on each iteration event: ``(step, loss, message)``.
 Report = Callable[[], tuple[int, float | None, str]]
 
-POLL_SECONDS = 0.05
+POLL_SECONDS = 0.05  # while stopping
 HEARTBEAT_SECONDS = 0.5
 
 
@@ -104,18 +104,26 @@ def transform_to_displacement(transform: sitk.Transform, reference: sitk.Image
 
 
 def _stop(process: Any, worker: threading.Thread) -> None:
-    """Ask the running SimpleITK process to stop until its worker thread has ended."""
+    """Ask the running SimpleITK process to stop until its worker thread has ended.
+
+    ``StopRegistration`` ends the current optimizer iteration (or demons iteration) and
+    ``Abort`` makes ITK throw at its next progress check (e.g. when a new pyramid level starts);
+    both are repeated because a request made between levels or before ``Execute`` starts is lost.
+    """
     while worker.is_alive():
         for name in ("StopRegistration", "Abort"):
             stop = getattr(process, name, None)
-            if stop is not None:
-                stop()
+            try:
+                if stop is not None:
+                    stop()
+            except RuntimeError:  # e.g. a B-spline mesh being resized between levels
+                pass
         worker.join(POLL_SECONDS)
 
 
 def run_cancellable(execute: Callable[[], T], process: Any, *, stage: str,
-                    total: int | None = None, report: Report | None = None
-                    ) -> Generator[Progress, None, T]:
+                    total: int | None = None, report: Report | None = None, start: int = 0,
+                    message: str = "starting") -> Generator[Progress, None, T]:
     """Run the blocking ``execute()`` in a worker thread and yield its progress; return its result.
 
     ``process`` is the SimpleITK object whose ``Execute`` runs (a registration method or a
@@ -123,10 +131,11 @@ def run_cancellable(execute: Callable[[], T], process: Any, *, stage: str,
     this generator (``GeneratorExit``) stops it (``StopRegistration``/``Abort``), joins the
     worker and re-raises. A heartbeat record is yielded while no event arrives, so the caller
     can cancel at any time. Exceptions raised by ``execute`` propagate to the caller.
+    The first record, yielded at once, carries ``start`` and ``message``.
     """
-    events: queue.SimpleQueue[Progress] = queue.SimpleQueue()
+    events: queue.SimpleQueue[Progress | None] = queue.SimpleQueue()  # None: the worker ended
     outcome: dict[str, Any] = {}
-    last = Progress(stage, 0, total, "starting")
+    last = Progress(stage, start, total, message)
 
     def on_iteration() -> None:
         if report is not None:
@@ -138,6 +147,8 @@ def run_cancellable(execute: Callable[[], T], process: Any, *, stage: str,
             outcome["result"] = execute()
         except BaseException as error:  # noqa: BLE001 - handed to the caller's thread
             outcome["error"] = error
+        finally:
+            events.put(None)
 
     if report is not None:
         process.AddCommand(sitk.sitkIterationEvent, on_iteration)
@@ -145,39 +156,25 @@ def run_cancellable(execute: Callable[[], T], process: Any, *, stage: str,
     worker.start()
     try:
         yield last
-        beat = time.monotonic()
-        while worker.is_alive() or not events.empty():
+        while True:
             try:
-                last = events.get(timeout=POLL_SECONDS)
-            except queue.Empty:
-                if time.monotonic() - beat < HEARTBEAT_SECONDS:
-                    continue
-                last = Progress(stage, last.step, total, "working", last.loss)
-            beat = time.monotonic()
-            yield last
+                record = events.get(timeout=HEARTBEAT_SECONDS)
+            except queue.Empty:  # nothing new: a heartbeat, so the caller may cancel
+                record = Progress(stage, last.step, total, "working", last.loss)
+            if record is None:
+                break
+            last = record
+            yield record
     except BaseException:
         _stop(process, worker)
         raise
     finally:
         if report is not None:
             process.RemoveAllCommands()
+    worker.join()
     if "error" in outcome:
         raise outcome["error"]
     return outcome["result"]
-
-
-def registration_report(method: sitk.ImageRegistrationMethod, iterations: Sequence[int]
-                        ) -> Report:
-    """A ``report`` for :func:`run_cancellable` counting iterations over all pyramid levels."""
-    offsets = np.concatenate([[0], np.cumsum(iterations)]).astype(int)
-
-    def report() -> tuple[int, float | None, str]:
-        level = min(int(method.GetCurrentLevel()), len(iterations) - 1)
-        iteration = int(method.GetOptimizerIteration())
-        step = int(offsets[level]) + min(iteration, int(iterations[level]))
-        return step, float(method.GetMetricValue()), f"level {level + 1}/{len(iterations)}"
-
-    return report
 
 
 def resolve_options(defaults: dict[str, Any], given: dict[str, Any], method: str) -> dict[str, Any]:
@@ -201,7 +198,8 @@ def resolve_options(defaults: dict[str, Any], given: dict[str, Any], method: str
                 kind = type(default[0]) if default else float
                 resolved[key] = tuple(kind(item) for item in items)
             elif isinstance(default, bool):
-                resolved[key] = value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
+                resolved[key] = (value if isinstance(value, bool)
+                                 else str(value).lower() in ("1", "true", "yes"))
             elif default is None or isinstance(default, str):
                 resolved[key] = value
             else:
@@ -210,3 +208,36 @@ def resolve_options(defaults: dict[str, Any], given: dict[str, Any], method: str
             raise InputError(f"{method} option {key}={value!r} is not a valid "
                              f"{type(default).__name__}: {error}") from None
     return resolved
+
+
+class Pyramid:
+    """Smoothed, block-averaged copies of an image, built on demand (cancellably) and cached.
+
+    ``level(factor, sigma)`` smooths with a Gaussian of ``sigma`` voxels (of the full-resolution
+    image) and then averages ``factor``-wide blocks, as a registration pyramid level; an axis
+    is shrunk less where it would keep fewer than 4 voxels.
+    """
+
+    def __init__(self, image: sitk.Image) -> None:
+        self.image = image
+        self._levels: dict[tuple[int, float], sitk.Image] = {(1, 0.0): image}
+
+    def level(self, factor: int, sigma: float) -> Generator[Progress, None, sitk.Image]:
+        """The image at shrink ``factor`` after smoothing by ``sigma`` voxels."""
+        key = (int(factor), float(sigma))
+        if key not in self._levels:
+            image = self.image
+            if key[1] > 0:
+                smoother = sitk.SmoothingRecursiveGaussianImageFilter()
+                smoother.SetSigma([key[1] * size for size in image.GetSpacing()])
+                image = yield from run_cancellable(lambda: smoother.Execute(self.image), smoother,
+                                                   stage="pyramid")
+            if key[0] > 1:
+                shrinker = sitk.BinShrinkImageFilter()
+                # an axis keeps at least 4 voxels (thin stacks): ITK smoothing needs them
+                shrinker.SetShrinkFactors([max(1, min(key[0], size // 4)) for size in image.GetSize()])
+                source = image
+                image = yield from run_cancellable(lambda: shrinker.Execute(source), shrinker,
+                                                   stage="pyramid")
+            self._levels[key] = image
+        return self._levels[key]
