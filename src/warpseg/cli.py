@@ -126,8 +126,14 @@ def _run_methods(args) -> int:
 
     for name, method in METHODS.items():
         missing = method.missing_requirements()
-        state = "ready" if not missing else f"needs {', '.join(missing)}"
-        print(f"{name:14s} {state:14s} {method.description}")
+        if missing:
+            state = f"needs {', '.join(missing)}"
+        elif method.needs_weights:
+            shipped = [f"{ndim}D" for ndim in (2, 3) if method.has_shipped_weights(ndim)]
+            state = f"weights {'+'.join(shipped)}" if shipped else "no weights"
+        else:
+            state = "ready"
+        print(f"{name:18s} {state:14s} {method.description}")
     return 0
 
 

@@ -5,7 +5,7 @@ import sys
 from importlib.util import find_spec
 from pathlib import Path
 
-DEFAULT_DEMO_METHOD = "sitk-bspline"
+DEFAULT_DEMO_METHOD = "sitk-demons"
 
 
 def run_demo(out: Path, *, method: str | None = None, ndim: int = 3, screenshot: bool = True) -> Path:
