@@ -32,7 +32,7 @@ def test_sections_are_replaced_in_place(tmp_path, shared_data):
     update_benchmarks_file(path, "register-2d", 2, pairs, summarise({"identity": [faster]}), "test machine")
     text = path.read_text()
     assert text.count("<!-- bench:register-2d -->") == 1 and text.count("<!-- bench:register-3d -->") == 1
-    assert "| identity | 0.500 ± 0.000 | 0.700 ± 0.000 | 0.700 ± 0.000 | 3.00 ± 0.00 | 1.00 ± 0.00 | 0.000 | 1.00 |" in text
+    assert "| identity | 0.500 ± 0.000 | 0.700 ± 0.000 | 0.700 ± 0.000 | 3.00 ± 0.00 | 1.00 ± 0.00 | 0.000 | 1.000 |" in text
 
 
 def test_identity_benchmark_on_one_real_2d_pair(tmp_path, shared_data):

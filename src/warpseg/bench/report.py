@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 TIME_BASELINES = ("ants-syn", "sitk-bspline")
+MIN_TIMED_SECONDS = 1e-3  # below this (identity) a time ratio means nothing
 HELD_OUT_SUBJECT = "vxm"  # the shipped learned models never saw it in training
 HEADER = "# Benchmarks\n\nWritten by `warpseg bench`; each section is replaced by the run that measured it.\n"
 
@@ -64,11 +65,12 @@ def render_table(ndim: int, pairs, summary: dict[str, dict], machine: str) -> st
     ]
     for method, entry in summary.items():
         seconds = entry["seconds"][0]
-        ratio = summary[baseline]["seconds"][0] / seconds if baseline and seconds > 0 else float("nan")
+        measurable = baseline and seconds >= MIN_TIMED_SECONDS
+        ratio = f"{summary[baseline]['seconds'][0] / seconds:.1f}x" if measurable else "—"
         lines.append(
             f"| {method} | {_pm(entry['dice_before'])} | {_pm(entry['dice_mean'])} | {_pm(entry['dice_held_out'])} | "
             f"{_pm(entry['hd95_mean'], 2)} | "
-            f"{_pm(entry['asd_mean'], 2)} | {entry['folding_percent'][0]:.3f} | {seconds:.2f} | {ratio:.1f}x |"
+            f"{_pm(entry['asd_mean'], 2)} | {entry['folding_percent'][0]:.3f} | {seconds:.3f} | {ratio} |"
         )
     return "\n".join(lines) + "\n"
 
