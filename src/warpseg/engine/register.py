@@ -52,12 +52,14 @@ def register(moving: Volume, fixed: Volume, method: str, *, moving_labels: Volum
     device = resolve_device(device)
     instance = method_class(weights=weights, **(options or {}))
     yield Progress("prepare", 0, 1, "resampling the moving image onto the fixed grid")
-    pair = prepare_pair(moving, fixed, moving_labels, fixed_labels, device)
+    moving_on_fixed, labels_on_fixed = on_fixed_grid(moving, fixed), on_fixed_grid(moving_labels, fixed)
+    pair = prepare_pair(moving_on_fixed, fixed, labels_on_fixed, fixed_labels, device)
     method_started = time.perf_counter()
     output: MethodOutput = yield from instance.run(pair)
     seconds_registration = time.perf_counter() - method_started
     yield Progress("finish", 0, 1, "warping and measuring")
-    result = assemble_result(moving, fixed, moving_labels, fixed_labels, output)
+    result = assemble_result(moving, fixed, moving_labels, fixed_labels, output,
+                             before=(moving_on_fixed, labels_on_fixed))
     result.method, result.device = method, device
     result.weights = weights or output.details.get("weights_file")
     result.seconds_registration = seconds_registration
@@ -65,15 +67,18 @@ def register(moving: Volume, fixed: Volume, method: str, *, moving_labels: Volum
     return result
 
 
-def prepare_pair(moving: Volume, fixed: Volume, moving_labels: Volume | None,
-                 fixed_labels: Volume | None, device: str) -> RegistrationInput:
-    """Put the moving image (and labels) on the fixed grid and normalise intensities."""
+def on_fixed_grid(volume: Volume | None, fixed: Volume) -> Volume | None:
+    """``volume`` resampled onto the fixed grid (itself when already there; None stays None)."""
     from warpseg.spatial import resample_volume
 
-    moving_on_fixed = moving if moving.same_grid(fixed) else resample_volume(moving, fixed)
-    labels_on_fixed = None
-    if moving_labels is not None:
-        labels_on_fixed = moving_labels if moving_labels.same_grid(fixed) else resample_volume(moving_labels, fixed)
+    if volume is None or volume.same_grid(fixed):
+        return volume
+    return resample_volume(volume, fixed)
+
+
+def prepare_pair(moving_on_fixed: Volume, fixed: Volume, labels_on_fixed: Volume | None,
+                 fixed_labels: Volume | None, device: str) -> RegistrationInput:
+    """The method's input: images (and labels) already on the fixed grid, intensities normalised."""
     return RegistrationInput(
         moving=normalise_intensity(moving_on_fixed.array),
         fixed=normalise_intensity(fixed.array),
@@ -85,11 +90,16 @@ def prepare_pair(moving: Volume, fixed: Volume, moving_labels: Volume | None,
 
 
 def assemble_result(moving: Volume, fixed: Volume, moving_labels: Volume | None,
-                    fixed_labels: Volume | None, output: MethodOutput) -> RegistrationResult:
-    """Warp the native moving image and labels once through the field; measure everything."""
+                    fixed_labels: Volume | None, output: MethodOutput,
+                    before: tuple[Volume, Volume | None]) -> RegistrationResult:
+    """Warp the native moving image and labels once through the field; measure everything.
+
+    ``before`` holds the moving image and labels already resampled onto the fixed grid (the
+    identity warp), for the 'before' scores.
+    """
     import torch
 
-    from warpseg.metrics import label_metrics, normalized_cross_correlation
+    from warpseg.metrics import dice_per_label, label_metrics, normalized_cross_correlation
     from warpseg.spatial import folding_percent, jacobian_determinant, resample_volume
 
     field = torch.as_tensor(np.asarray(output.displacement, dtype=np.float32))[None]
@@ -97,7 +107,7 @@ def assemble_result(moving: Volume, fixed: Volume, moving_labels: Volume | None,
     determinant = jacobian_determinant(field)[0].numpy().astype(np.float32)
     metrics: dict[str, Any] = {
         "folding_percent": folding_percent(torch.as_tensor(determinant)),
-        "ncc_before": normalized_cross_correlation(resample_volume(moving, fixed).array, fixed.array),
+        "ncc_before": normalized_cross_correlation(before[0].array, fixed.array),
         "ncc_after": normalized_cross_correlation(warped.array, fixed.array),
     }
     warped_labels = None
@@ -105,8 +115,7 @@ def assemble_result(moving: Volume, fixed: Volume, moving_labels: Volume | None,
         warped_labels = resample_volume(moving_labels, fixed, field)
         if fixed_labels is not None:
             spacing = tuple(float(s) for s in fixed.spacing)
-            before = label_metrics(resample_volume(moving_labels, fixed).array, fixed_labels.array, spacing)
-            metrics["dice_before"] = before["dice_mean"]
+            metrics["dice_before"] = float(np.mean(list(dice_per_label(before[1].array, fixed_labels.array).values())))
             metrics.update(label_metrics(warped_labels.array, fixed_labels.array, spacing))
     return RegistrationResult(
         method="", fixed=fixed, warped=warped, displacement=np.asarray(output.displacement, np.float32),
