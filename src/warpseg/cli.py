@@ -150,6 +150,8 @@ def _add_train(commands) -> None:
     command.add_argument("--validate-every", type=int, default=250)
     command.add_argument("--validation-subjects", default="vxm", help="comma-separated held-out subjects")
     command.add_argument("--label-maps", type=int, default=15, help="SynthSeg label maps used for synthetic images")
+    command.add_argument("--spacing", type=float, default=None,
+                         help="3D training grid spacing in mm (default 2; coarser trains faster, recorded in the checkpoint)")
     command.add_argument("--seed", type=int, default=0)
     command.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     command.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
@@ -167,7 +169,7 @@ def _run_train(args) -> int:
         method=args.method, ndim=args.ndim, data=str(args.data or default_data_dir()), steps=args.steps,
         learning_rate=args.lr, smoothness=args.smoothness, dice_weight=args.dice_weight, seed=args.seed,
         validate_every=args.validate_every, validation_subjects=tuple(args.validation_subjects.split(",")),
-        label_maps=args.label_maps, device=resolve_device(args.device), model_options=parse_options(args.model_option))
+        label_maps=args.label_maps, spacing=args.spacing, device=resolve_device(args.device), model_options=parse_options(args.model_option))
     path = run_to_end(train_registration(config, args.out, resume=args.resume), ProgressPrinter(f"train {args.method}", 5.0))
     print(f"checkpoint written to {path}")
     return 0

@@ -1,7 +1,7 @@
 """Training pairs from the shared dev data: real subjects, and images synthesised from real label maps.
 
 2D uses the coronal slice stacks (41 slices around the benchmark slice) at 1 mm; 3D uses the
-volumes at a reduced resolution (``TARGET_SPACING``). Pairs are always drawn across subjects.
+volumes at a reduced resolution (``TARGET_SPACING`` unless a run picks another ``spacing``). Pairs are always drawn across subjects.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from warpseg.errors import InputError
 from warpseg.learning.augment import augment_pair_member, synthesise_image
 from warpseg.learning.label_maps import aseg_to_seg4_lookup
+from warpseg.learning.preprocess import Preprocessing, image_to_model_grid, plan_grid
 
 REAL_SUBJECTS = ("subjX", "subjY", "vxm")
 TARGET_SPACING = {2: 1.0, 3: 2.0}
@@ -40,15 +41,18 @@ class RegistrationData:
     """Draws augmented training pairs and gives fixed validation pairs on held-out subjects."""
 
     def __init__(self, data_dir: str | Path, ndim: int, validation_subjects=("vxm",),
-                 label_maps: int = 15, synthetic_share: float = 0.5) -> None:
+                 label_maps: int = 15, synthetic_share: float = 0.5, spacing: float | None = None) -> None:
         self.data_dir, self.ndim = Path(data_dir), ndim
+        self.spacing = float(spacing or TARGET_SPACING[ndim])
+        if ndim == 2 and self.spacing != TARGET_SPACING[2]:
+            raise InputError(f"2D training uses the stacks' {TARGET_SPACING[2]} mm spacing; drop --spacing")
         unknown = set(validation_subjects) - set(REAL_SUBJECTS)
         if unknown:
             raise InputError(f"unknown validation subjects {sorted(unknown)}; choose from {REAL_SUBJECTS}")
-        real = [load_real_subject(self.data_dir, name, ndim) for name in REAL_SUBJECTS]
+        real = [load_real_subject(self.data_dir, name, ndim, self.spacing) for name in REAL_SUBJECTS]
         self.validation = [s for s in real if s.name in validation_subjects]
         self.training = [s for s in real if s.name not in validation_subjects]
-        self.label_only = load_label_maps(self.data_dir, ndim, label_maps)
+        self.label_only = load_label_maps(self.data_dir, ndim, label_maps, self.spacing)
         self.synthetic_share = synthetic_share if self.label_only else 0.0
         self.sources = [s.name for s in self.training + self.label_only]
 
@@ -85,7 +89,7 @@ class RegistrationData:
         return pairs
 
 
-def load_real_subject(data_dir: Path, name: str, ndim: int) -> Subject:
+def load_real_subject(data_dir: Path, name: str, ndim: int, spacing: float = TARGET_SPACING[3]) -> Subject:
     """A real subject's normalised image(s) and seg4 labels on the training grid."""
     from warpseg.engine.register import normalise_intensity
 
@@ -97,11 +101,11 @@ def load_real_subject(data_dir: Path, name: str, ndim: int) -> Subject:
     if ndim == 2:  # slices along the last axis
         images = np.stack([normalise_intensity(image[..., k]) for k in range(image.shape[-1])])
         return Subject(name, torch.from_numpy(images)[:, None], torch.from_numpy(np.moveaxis(labels, -1, 0)[:, None].astype(np.int64)))
-    return Subject(name, downsample(torch.from_numpy(normalise_intensity(image))[None, None]),
-                   downsample(torch.from_numpy(labels.astype(np.int64))[None, None], labels=True))
+    return Subject(name, downsample(torch.from_numpy(normalise_intensity(image))[None, None], spacing),
+                   downsample(torch.from_numpy(labels.astype(np.int64))[None, None], spacing, labels=True))
 
 
-def load_label_maps(data_dir: Path, ndim: int, count: int) -> list[Subject]:
+def load_label_maps(data_dir: Path, ndim: int, count: int, spacing: float = TARGET_SPACING[3]) -> list[Subject]:
     """SynthSeg's whole-head label maps as seg4 subjects, cropped around the brain like the OASIS grid."""
     folder = data_dir / "synthseg"
     files = sorted(folder.glob("training_seg_*.nii.gz"))[:count] if folder.is_dir() else []
@@ -117,7 +121,7 @@ def load_label_maps(data_dir: Path, ndim: int, count: int) -> list[Subject]:
             slices = cropped[..., centre - 20: centre + 21]
             subjects.append(Subject(path.stem.split(".")[0], None, torch.movedim(slices, -1, 0)[:, None]))
         else:
-            subjects.append(Subject(path.stem.split(".")[0], None, downsample(cropped[None, None], labels=True)))
+            subjects.append(Subject(path.stem.split(".")[0], None, downsample(cropped[None, None], spacing, labels=True)))
     return subjects
 
 
@@ -134,13 +138,10 @@ def crop_around_brain(labels: torch.Tensor, size) -> torch.Tensor:
     return padded[index]
 
 
-def downsample(volume: torch.Tensor, labels: bool = False) -> torch.Tensor:
-    """Resize a 1 mm volume ``(1, 1, *S)`` to the 3D training spacing."""
-    factor = TARGET_SPACING[3]
-    shape = tuple(max(2, round(s / factor)) for s in volume.shape[2:])
-    if labels:
-        return F.interpolate(volume.float(), size=shape, mode="nearest").long()
-    return F.interpolate(volume, size=shape, mode="trilinear", align_corners=True)
+def downsample(volume: torch.Tensor, spacing: float, labels: bool = False) -> torch.Tensor:
+    """A 1 mm volume ``(1, 1, *S)`` on the model grid of ``spacing`` mm, as inference will see it."""
+    grid = plan_grid(volume.shape[2:], (1.0,) * (volume.dim() - 2), Preprocessing(target_spacing=spacing))
+    return image_to_model_grid(volume, grid, mode="nearest" if labels else "linear")
 
 
 def _load(path: Path) -> np.ndarray:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from warpseg.learning.checkpoint import save_checkpoint
-from warpseg.learning.data import NUM_SEG4, TARGET_SPACING, RegistrationData
+from warpseg.learning.data import NUM_SEG4, RegistrationData
 from warpseg.learning.losses import RegistrationLoss, one_hot
 from warpseg.learning.preprocess import Preprocessing
 from warpseg.methods.base import Progress
@@ -33,6 +33,7 @@ class TrainingConfig:
     validate_every: int = 250
     validation_subjects: tuple[str, ...] = ("vxm",)
     label_maps: int = 15
+    spacing: float | None = None  # training grid spacing in mm (None: TARGET_SPACING for ndim)
     device: str = "cpu"
     model_options: dict = field(default_factory=dict)
 
@@ -58,7 +59,8 @@ def train_registration(config: TrainingConfig, out: Path, *, resume: bool = Fals
         generator.set_state(state["generator"])
         step, history = state["step"], state["history"]
     yield Progress("train", step, config.steps, "loading training data")
-    data = RegistrationData(config.data, config.ndim, config.validation_subjects, config.label_maps)
+    data = RegistrationData(config.data, config.ndim, config.validation_subjects, config.label_maps,
+                            spacing=config.spacing)
     loss_function = RegistrationLoss(config.ndim, smoothness=config.smoothness, dice_weight=config.dice_weight)
     started, first_step, running = time.perf_counter(), step, []
     while step < config.steps:
@@ -117,7 +119,7 @@ def validate(model, data: RegistrationData, device: str) -> dict[str, float]:
 
 
 def _write(out: Path, model, config: TrainingConfig, data: RegistrationData, history: list, seconds: float) -> None:
-    preprocessing = Preprocessing(target_spacing=TARGET_SPACING[config.ndim], size_multiple=model.size_multiple)
+    preprocessing = Preprocessing(target_spacing=data.spacing, size_multiple=model.size_multiple)
     training = {
         "command": "warpseg " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else None,
         "config": {**asdict(config), "validation_subjects": list(config.validation_subjects)},
