@@ -1,0 +1,114 @@
+"""Run a warpseg job (a generator of Progress records) in a worker thread, with a real cancel.
+
+The viewer's thread only receives progress records (at most ``PROGRESS_INTERVAL`` apart, and
+every record that carries a preview) and, at the end, the finished value. Heavy post-processing
+(``finish``) also runs in the worker thread, so the event loop never waits on the job.
+
+Cancel sets an event; the worker checks it after every progress record of the job, closes the
+job (which stops the method's own threads or processes) and reports ``cancelled`` instead of a
+result. Nothing reaches the viewer from a cancelled job.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from typing import Any
+
+from warpseg.methods.base import Progress
+
+PROGRESS_INTERVAL = 0.05  # seconds between two progress records sent to the viewer
+CANCELLED = object()
+
+
+def drive(make_job: Callable[[], Generator[Progress, None, Any]], finish: Callable[[Any], Any] | None,
+          cancel: threading.Event, interval: float = PROGRESS_INTERVAL) -> Generator[Progress, None, Any]:
+    """Run ``make_job()`` to its end, passing on its progress (throttled) and returning
+    ``finish(value)``; returns ``CANCELLED`` once ``cancel`` is set."""
+    job = make_job()
+    last_sent = 0.0
+    try:
+        while True:
+            if cancel.is_set():
+                return CANCELLED
+            try:
+                progress = next(job)
+            except StopIteration as stop:
+                value = stop.value
+                break
+            now = time.monotonic()
+            if progress.preview is not None or now - last_sent >= interval:
+                last_sent = now
+                yield progress
+    finally:
+        job.close()
+    if cancel.is_set():
+        return CANCELLED
+    return finish(value) if finish is not None else value
+
+
+@dataclass
+class ProgressClock:
+    """Estimates the time left in the current stage from its fraction done."""
+
+    stage: str = ""
+    started: float = field(default_factory=time.monotonic)
+
+    def eta(self, progress: Progress) -> float | None:
+        """Seconds left in ``progress``'s stage, or None when unknown."""
+        now = time.monotonic()
+        if progress.stage != self.stage:
+            self.stage, self.started = progress.stage, now
+            return None
+        fraction = progress.fraction
+        if not fraction or fraction >= 1.0 or now - self.started < 0.5:
+            return None
+        return (now - self.started) * (1.0 - fraction) / fraction
+
+
+class JobHandle:
+    """A job running in a napari worker thread; ``cancel()`` stops it, ``running`` tells if it runs."""
+
+    def __init__(self, make_job, *, finish=None, on_progress=None, on_done=None, on_error=None,
+                 on_cancelled=None, on_finished=None) -> None:
+        from napari.qt.threading import create_worker
+
+        self.cancel_event = threading.Event()
+        self.worker = create_worker(drive, make_job, finish, self.cancel_event, _start_thread=False,
+                                    _ignore_errors=True)  # on_error reports them
+        if on_progress is not None:
+            self.worker.yielded.connect(on_progress)
+
+        def returned(value: Any) -> None:
+            if value is CANCELLED:
+                if on_cancelled is not None:
+                    on_cancelled()
+            elif on_done is not None:
+                on_done(value)
+
+        self.worker.returned.connect(returned)
+        if on_error is not None:
+            self.worker.errored.connect(on_error)
+        if on_finished is not None:
+            self.worker.finished.connect(on_finished)
+        self._running = True
+        self.worker.finished.connect(self._mark_finished)
+        self.worker.start()
+
+    def _mark_finished(self) -> None:
+        self._running = False
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    def cancel(self) -> None:
+        self.cancel_event.set()
+
+
+def format_eta(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"ETA {minutes}:{secs:02d}"

@@ -1,0 +1,136 @@
+"""The registration dock widget in a real napari viewer (under Xvfb): run, cancel, bad input."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.gui
+
+FAST_DEMONS = "iterations=20,10,5 affine_iterations=20"
+
+
+@pytest.fixture
+def errors(monkeypatch):
+    """Messages the widget sends to napari's error notifications."""
+    import napari.utils.notifications
+
+    shown = []
+    monkeypatch.setattr(napari.utils.notifications, "show_error", shown.append)
+    return shown
+
+
+def open_widget(viewer, sample: str | None = "brain_pair_2d"):
+    from warpseg._plugin._widget_register import RegistrationWidget
+
+    if sample:
+        viewer.open_sample("napari-warpseg", sample)
+    widget = RegistrationWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Register")
+    return widget
+
+
+def wait_until_idle(qtbot, widget, timeout=120_000):
+    qtbot.waitUntil(lambda: not widget.busy, timeout=timeout)
+
+
+def snapshot(viewer):
+    return [(layer.name, type(layer).__name__, np.asarray(layer.data).copy()) for layer in viewer.layers]
+
+
+def test_registering_the_2d_sample_adds_every_view_on_the_fixed_grid(make_napari_viewer, qtbot, sample_cache, errors):
+    viewer = make_napari_viewer()
+    widget = open_widget(viewer)
+    assert (widget.moving.value.name, widget.fixed.value.name) == ("moving", "fixed")
+    widget.method.value, widget.method_options.value = "sitk-demons", FAST_DEMONS
+    widget.start()
+    wait_until_idle(qtbot, widget)
+    assert not errors
+    expected = {f"sitk-demons: {view}" for view in ("warped", "warped labels", "checkerboard", "difference",
+                                                    "displacement (mm)", "Jacobian determinant", "folds", "grid",
+                                                    "glyphs")}
+    assert expected <= {layer.name for layer in viewer.layers}
+    fixed_affine = viewer.layers["fixed"].affine.affine_matrix
+    for name in expected:
+        assert np.allclose(viewer.layers[name].affine.affine_matrix, fixed_affine), name
+    assert viewer.layers["sitk-demons: warped"].data.shape == viewer.layers["fixed"].data.shape
+    assert len(viewer.layers["sitk-demons: grid"].data) > 100
+    assert "Dice" in widget.metrics.value and "folds" in widget.metrics.value
+    dice_before, dice_after = (float(x) for x in widget.metrics.value.split("Dice ")[1].split(" ·")[0].split(" → "))
+    assert dice_after > dice_before + 0.03
+    # a second run replaces the layers in place instead of stacking copies
+    count = len(viewer.layers)
+    widget.start()
+    wait_until_idle(qtbot, widget)
+    assert len(viewer.layers) == count
+
+
+def test_saving_writes_the_register_contract_files(make_napari_viewer, qtbot, sample_cache, tmp_path, errors):
+    viewer = make_napari_viewer()
+    widget = open_widget(viewer)
+    widget.method.value = "identity"
+    widget.start()
+    wait_until_idle(qtbot, widget)
+    widget.save_folder.value = tmp_path / "out"
+    assert widget.save() is not None and not errors
+    assert {"warped.nii.gz", "displacement.nii.gz", "jacobian.nii.gz", "result.json"} <= {
+        p.name for p in (tmp_path / "out").iterdir()}
+
+
+def test_cancel_stops_the_job_and_adds_nothing(make_napari_viewer, qtbot, sample_cache, errors):
+    viewer = make_napari_viewer()
+    widget = open_widget(viewer, "brain_pair_3d")
+    before = snapshot(viewer)
+    widget.method.value = "sitk-bspline"
+    widget.method_options.value = "iterations=5000 affine=false"
+    job = widget.start()
+    qtbot.waitUntil(lambda: "level" in widget.log.value, timeout=60_000)  # optimising, not preparing
+    cancelled_at = time.monotonic()
+    widget.cancel_button.clicked.emit(True)
+    qtbot.waitUntil(lambda: not job.running, timeout=30_000)
+    stopped_after = time.monotonic() - cancelled_at
+    assert stopped_after < 5.0, f"cancel took {stopped_after:.1f} s"
+    assert "cancelled" in widget.log.value and not errors
+    assert widget.run_button.enabled and not widget.cancel_button.enabled
+    after = snapshot(viewer)
+    assert [(n, t) for n, t, _ in after] == [(n, t) for n, t, _ in before]
+    assert all(np.array_equal(a, b) for (_, _, a), (_, _, b) in zip(before, after))
+
+
+@pytest.mark.parametrize("problem", ["no layers", "2D vs 3D", "labels as image", "same layer", "bad option"])
+def test_bad_input_shows_an_error_and_changes_nothing(make_napari_viewer, qtbot, sample_cache, errors, problem):
+    from warpseg._plugin._sample_data import brain_pair
+
+    viewer = make_napari_viewer()
+    widget = open_widget(viewer, None if problem == "no layers" else "brain_pair_2d")
+    if problem == "2D vs 3D":
+        data, attributes, _ = brain_pair(3)[0]
+        viewer.add_image(data, **{**attributes, "name": "moving 3D"})
+        widget.moving.value = viewer.layers["moving 3D"]
+    elif problem == "labels as image":
+        widget.moving.value = viewer.layers["moving labels"]
+    elif problem == "same layer":
+        widget.moving.value = viewer.layers["fixed"]
+    elif problem == "bad option":
+        widget.method_options.value = "iterations"
+    before = snapshot(viewer)
+    assert widget.start() is None
+    expected = {"no layers": "pick a moving and a fixed", "2D vs 3D": "is 3D but fixed layer",
+                "labels as image": "is a Labels layer", "same layer": "same layer",
+                "bad option": "not KEY=VALUE"}[problem]
+    assert len(errors) == 1 and expected in errors[0], errors
+    after = snapshot(viewer)
+    assert [(n, t) for n, t, _ in after] == [(n, t) for n, t, _ in before]
+    assert widget.run_button.enabled and not widget.busy
+
+
+def test_an_error_inside_the_job_is_reported_and_adds_nothing(make_napari_viewer, qtbot, sample_cache, errors):
+    viewer = make_napari_viewer()
+    widget = open_widget(viewer)
+    widget.method.value, widget.method_options.value = "sitk-demons", "no_such_option=1"
+    names = [layer.name for layer in viewer.layers]
+    widget.start()
+    wait_until_idle(qtbot, widget)
+    assert len(errors) == 1 and "no_such_option" in errors[0]
+    assert [layer.name for layer in viewer.layers] == names and widget.run_button.enabled
