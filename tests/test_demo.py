@@ -1,4 +1,4 @@
-"""The main job writes the register contract's files, its inputs, and a screenshot."""
+"""The main job runs the Register widget in a napari window; writes results, inputs and screenshots."""
 import json
 
 import pytest
@@ -8,7 +8,7 @@ from warpseg.demo import run_demo
 
 @pytest.mark.gui
 @pytest.mark.slow
-def test_demo_writes_results_and_a_screenshot(tmp_path):
+def test_demo_writes_results_and_a_screenshot_of_each_view(tmp_path):
     pytest.importorskip("napari")
     out = run_demo(tmp_path / "demo", method="sitk-affine", ndim=2)
     summary = json.loads((out / "result.json").read_text())
@@ -17,5 +17,8 @@ def test_demo_writes_results_and_a_screenshot(tmp_path):
     from PIL import Image
     import numpy as np
 
-    pixels = np.asarray(Image.open(out / "screenshot.png"))
-    assert pixels.shape[0] > 200 and pixels[..., :3].std() > 10  # something was drawn
+    shots = {path.stem: path for path in (out / "screenshots").glob("*.png")}
+    assert set(shots) == {"overlay", "labels", "jacobian", "checkerboard", "difference", "glyphs"}  # no 3D lattice in 2D
+    pixels = [np.asarray(Image.open(shots[view]))[..., :3].astype(float) for view in ("overlay", "jacobian")]
+    assert pixels[0].shape[0] > 200 and pixels[0].std() > 10  # something was drawn
+    assert np.abs(pixels[0] - pixels[1]).mean() > 5  # and the views differ

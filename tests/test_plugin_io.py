@@ -180,7 +180,7 @@ def test_manifest_is_valid_and_its_commands_import():
 
 def test_the_library_imports_without_napari_or_qt():
     code = ("import sys, warpseg, warpseg.io, warpseg.spatial, warpseg.samples\n"
-            "print(sorted(m for m in ('napari', 'qtpy', 'PyQt5', 'PySide2', 'PySide6', 'magicgui') "
+            "print(sorted(m for m in ('napari', 'qtpy', 'PyQt5', 'PyQt6', 'PySide2', 'PySide6', 'magicgui') "
             "if m in sys.modules))")
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, completed.stderr

@@ -66,6 +66,22 @@ def test_registering_the_2d_sample_adds_every_view_on_the_fixed_grid(make_napari
     assert len(viewer.layers) == count
 
 
+def test_the_slice_grid_follows_the_slice_on_screen_in_3d(make_napari_viewer, qtbot, sample_cache, errors):
+    viewer = make_napari_viewer()
+    widget = open_widget(viewer, "brain_pair_3d")  # the fixed image is oblique
+    widget.method.value = "identity"
+    widget.start()
+    wait_until_idle(qtbot, widget)
+    grid = viewer.layers["identity: grid"]
+    assert len(grid._view_data) > 100  # segments drawn on the slice napari shows
+    first = grid.data[0, 0].copy()
+    viewer.dims.set_current_step(0, viewer.dims.current_step[0] + 7)
+    assert not np.array_equal(grid.data[0, 0], first) and len(grid._view_data) > 100
+    viewer.dims.ndisplay = 3
+    viewer.layers["identity: lattice"].visible = True
+    assert len(viewer.layers["identity: lattice"].data) > 1000
+
+
 def test_saving_writes_the_register_contract_files(make_napari_viewer, qtbot, sample_cache, tmp_path, errors):
     viewer = make_napari_viewer()
     widget = open_widget(viewer)

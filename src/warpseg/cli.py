@@ -201,13 +201,14 @@ def _add_demo(commands) -> None:
     command.add_argument("--method", default=None, help="registration method (default: the demo's choice)")
     command.add_argument("--ndim", type=int, choices=[2, 3], default=3)
     command.add_argument("--no-screenshot", action="store_true")
+    command.add_argument("--show", action="store_true", help="keep the napari window open afterwards (needs a display)")
     command.set_defaults(run=_run_demo)
 
 
 def _run_demo(args) -> int:
     from warpseg.demo import run_demo
 
-    run_demo(args.out, method=args.method, ndim=args.ndim, screenshot=not args.no_screenshot)
+    run_demo(args.out, method=args.method, ndim=args.ndim, screenshot=not args.no_screenshot, stay_open=args.show)
     return 0
 
 

@@ -1,4 +1,9 @@
-"""The main job: register the 3D sample pair, write every output and a screenshot of the result."""
+"""The main job: register the sample pair, write every output, and show (or photograph) the result.
+
+With napari installed the pair is registered through the Register dock widget in a real viewer
+window (under Xvfb on a headless machine) and every result view is saved as a screenshot;
+``stay_open`` keeps the window for the user. Without napari the same registration runs headless.
+"""
 from __future__ import annotations
 
 import sys
@@ -8,8 +13,9 @@ from pathlib import Path
 DEFAULT_DEMO_METHOD = "sitk-demons"
 
 
-def run_demo(out: Path, *, method: str | None = None, ndim: int = 3, screenshot: bool = True) -> Path:
-    """Build the sample pair, register it, write results (and a screenshot when napari is installed)."""
+def run_demo(out: Path, *, method: str | None = None, ndim: int = 3, screenshot: bool = True,
+             stay_open: bool = False) -> Path:
+    """Build the sample pair, register it, write results and (with napari) one screenshot per view."""
     from warpseg.cli import ProgressPrinter, format_summary
     from warpseg.engine import register, run_to_end, write_result
     from warpseg.io import write_volume
@@ -19,22 +25,24 @@ def run_demo(out: Path, *, method: str | None = None, ndim: int = 3, screenshot:
     out = Path(out)
     print(f"demo: building the {ndim}D sample pair (MNI152-derived, see sample_data/README.md)", file=sys.stderr)
     pair = sample_pair(ndim)
-    job = register(pair["moving"], pair["fixed"], method, moving_labels=pair["moving_labels"],
-                   fixed_labels=pair["fixed_labels"], device="auto")
-    result = run_to_end(job, ProgressPrinter(method))
+    in_viewer = (screenshot or stay_open) and find_spec("napari") is not None
+    if in_viewer:
+        from warpseg._plugin._demo import register_in_viewer
+
+        result = register_in_viewer(pair, method, out / "screenshots" if screenshot else None, stay_open)
+    else:
+        if screenshot:
+            print("demo: napari is not installed; no screenshots (pip install 'napari-warpseg[napari]')",
+                  file=sys.stderr)
+        job = register(pair["moving"], pair["fixed"], method, moving_labels=pair["moving_labels"],
+                       fixed_labels=pair["fixed_labels"], device="auto")
+        result = run_to_end(job, ProgressPrinter(method))
     write_result(result, out)
     inputs = out / "inputs"
     inputs.mkdir(exist_ok=True)
     for name, volume in pair.items():
         write_volume(volume, inputs / f"{name}.nii.gz")
     print(format_summary(result, out))
-    if screenshot:
-        if find_spec("napari") is None:
-            print("demo: napari is not installed; no screenshot (pip install 'napari-warpseg[napari]')",
-                  file=sys.stderr)
-        else:
-            from warpseg._plugin._screenshot import save_result_screenshot
-
-            path = save_result_screenshot(pair, result, out / "screenshot.png")
-            print(f"screenshot: {path}")
+    if in_viewer and screenshot:
+        print(f"screenshots: {out / 'screenshots'}")
     return out

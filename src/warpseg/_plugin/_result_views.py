@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 GRID_SPACING = 8        # voxels between grid lines in a slice
 GRID_STEP = 2           # voxels between the points that draw one grid line
 GLYPH_SPACING = 8       # voxels between displacement glyphs in a slice
-LATTICE_SPACING = 16    # voxels between lines of the 3D lattice
+LATTICE_SPACING = 24    # voxels between lines of the 3D lattice
 LATTICE_STEP = 4
 CHECKER_BLOCKS = 8      # checkerboard squares along each axis
 FOLD_COLOURS = {0: "transparent", 1: "red", None: "transparent"}

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from qtpy.QtWidgets import QSizePolicy
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, LineEdit, ProgressBar, PushButton
 
 from warpseg._plugin._jobs import JobHandle, ProgressClock, format_eta
@@ -62,6 +63,7 @@ class RegistrationWidget(Container):
                      self.save_folder, self.save_button])
         self.job: JobHandle | None = None
         self._pending: list[tuple] = []
+        self._showing = False  # result layers still being added
         self.result: RegistrationResult | None = None
         self._clock = ProgressClock()
         self._flicker_timer = None
@@ -74,6 +76,10 @@ class RegistrationWidget(Container):
             event.connect(lambda _: self.reset_choices())
         napari_viewer.dims.events.current_step.connect(self._update_slice_overlays)
         napari_viewer.dims.events.ndisplay.connect(self._update_slice_overlays)
+        for label in (self.about, self.log, self.metrics):  # changing text must not re-lay out the window
+            label.native.setWordWrap(True)
+            label.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+            label.native.setMinimumHeight(label.native.fontMetrics().lineSpacing() * (3 if label is self.metrics else 2))
         self._pick_defaults()
         self._describe_method()
 
@@ -144,7 +150,7 @@ class RegistrationWidget(Container):
     @property
     def busy(self) -> bool:
         """True while a job runs or its result layers are still being added."""
-        return bool(self._pending) or (self.job is not None and self.job.running)
+        return self._showing or (self.job is not None and self.job.running)
 
     def start(self) -> JobHandle | None:
         """Start the registration in a worker thread (nothing happens while one is busy)."""
@@ -194,7 +200,7 @@ class RegistrationWidget(Container):
         result, layers, overlays = value
         self._remove(layer_name(result.method, "live"))
         self.result = None  # the slice overlays follow the new result once it is fully shown
-        self._pending = list(layers + overlays)
+        self._pending, self._showing = list(layers + overlays), True
         self.log.value = f"{result.method}: adding {len(self._pending)} layers"
         self._add_pending(result)
 
@@ -205,7 +211,7 @@ class RegistrationWidget(Container):
             self._show_layer(self._pending.pop(0))
             QTimer.singleShot(0, lambda: self._add_pending(result))
             return
-        self.result = result
+        self.result, self._showing = result, False
         self.metrics.value = describe_metrics(result)
         self._set_running(False, f"{result.method}: done in {result.seconds_total:.1f} s"
                           + (" (partial result)" if result.partial else ""))
@@ -255,15 +261,19 @@ class RegistrationWidget(Container):
             self.viewer.layers.remove(name)
 
     def _slice_position(self, fixed) -> tuple[int | None, int]:
-        """(napari data axis, index) of the slice shown now, for the fixed grid; (None, 0) in 2D/3D view."""
+        """(napari data axis, index) of the fixed grid's slice on screen; (None, 0) in 2D or a 3D view.
+
+        The index follows napari's own slicing: the world-to-data transform restricted to the
+        sliced axis (which ignores the out-of-plane part of an oblique affine), rounded.
+        """
         if fixed.ndim == 2 or self.viewer.dims.ndisplay == 3 or self.viewer.dims.ndim != 3:
             return None, 0
         from warpseg._plugin._layers import napari_affine
 
         axis = self.viewer.dims.not_displayed[0]
-        point = np.append(np.asarray(self.viewer.dims.point, dtype=float), 1.0)
-        data_point = np.linalg.solve(napari_affine(fixed), point)
-        return axis, int(round(data_point[axis]))
+        world_to_data = np.linalg.inv(napari_affine(fixed))
+        data = world_to_data[axis, axis] * self.viewer.dims.point[axis] + world_to_data[axis, -1]
+        return axis, int(round(data))
 
     def _update_slice_overlays(self, *_: Any) -> None:
         result = self.result
