@@ -8,12 +8,14 @@ from warpseg.methods.sitk_bspline import SitkBspline
 from warpseg.methods.sitk_demons import SitkDemons
 from warpseg.methods.ants_syn import AntsSyn
 from warpseg.methods.identity import Identity
+from warpseg.methods.nir import NeuralFieldRegistration
 from warpseg.methods.nice_trans import NiceTransAffineRegistration, NiceTransRegistration
 from warpseg.methods.voxelmorph import VoxelMorphRegistration
 
 METHODS: dict[str, type[RegistrationMethod]] = {
     method.name: method for method in (Identity, SitkAffine, SitkBspline, SitkDemons, AntsSyn,
-                                       NiceTransRegistration, NiceTransAffineRegistration, VoxelMorphRegistration)
+                                       NiceTransRegistration, NiceTransAffineRegistration, VoxelMorphRegistration,
+                                       NeuralFieldRegistration)
 }
 
 

@@ -4,12 +4,26 @@ from __future__ import annotations
 import time
 from importlib.resources import files
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
 from warpseg.errors import InputError
 from warpseg.methods.base import MethodOutput, Progress, RegistrationInput, RegistrationMethod
+from warpseg.methods.nir import NIR_DEFAULTS
+
+
+def refine_defaults() -> dict[str, Any]:
+    """Options of every learned method: ``refine`` (NIR iterations started from the model's field,
+    0: off) and ``refine_<nir option>`` for the rest of that optimisation."""
+    return {"refine": 0, **{f"refine_{key}": value for key, value in NIR_DEFAULTS.items()
+                            if key != "iterations"}}
+
+
+def refine_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """The NIR settings of a learned method's ``refine`` options."""
+    picked = {key: settings[f"refine_{key}"] for key in NIR_DEFAULTS if f"refine_{key}" in settings}
+    return {**NIR_DEFAULTS, **picked, "iterations": int(settings["refine"])}
 
 
 def shipped_weights(method: str, ndim: int) -> Path:
@@ -26,6 +40,8 @@ class LearnedRegistration(RegistrationMethod):
 
     needs_weights: ClassVar[bool] = True
     output_key: ClassVar[str] = "displacement"
+
+    defaults: ClassVar[dict[str, Any]] = refine_defaults()
 
     @classmethod
     def has_shipped_weights(cls, ndim: int) -> bool:
@@ -47,9 +63,13 @@ class LearnedRegistration(RegistrationMethod):
         import torch
 
         from warpseg.learning.checkpoint import load_checkpoint
+        from warpseg.methods.nir import check_settings
+        from warpseg.methods.sitk_runner import resolve_options
         from warpseg.learning.preprocess import (Preprocessing, field_to_native_grid, image_to_model_grid,
                                                  plan_grid)
 
+        settings = resolve_options(refine_defaults(), self.options, self.name)
+        refine = check_settings(refine_settings(settings), self.name) if settings["refine"] > 0 else None
         path = self.weights_path(pair.ndim)
         model, checkpoint = load_checkpoint(path, pair.device)
         model_ndim = checkpoint["model"]["config"].get("ndim")
@@ -69,7 +89,27 @@ class LearnedRegistration(RegistrationMethod):
         yield Progress("register", 1, 1, f"{self.name}: done in {seconds * 1000:.0f} ms")
         details = {"weights_file": str(path), "seconds_inference": seconds,
                    "trained": {k: checkpoint["training"].get(k) for k in ("command", "validation")}}
-        return MethodOutput(field.astype(np.float32), details=details)
+        if refine is None:
+            return MethodOutput(field.astype(np.float32), details=details)
+        return (yield from self.refined(pair, field, refine, details))
+
+    def refined(self, pair: RegistrationInput, field: np.ndarray, settings: dict[str, Any],
+                details: dict[str, Any]):
+        """Test-time optimisation: a NIR field fitted on top of the model's ``field`` ``(ndim, *S)``.
+
+        Like NIR, the method keeps the fit: :meth:`best_output` gives the best field so far.
+        """
+        from warpseg.methods.nir import FieldFit
+
+        self.fit = FieldFit(pair, settings, initial=field)
+        output = yield from self.fit.run(stage="refine")
+        output.details = {**details, "refine": output.details}
+        return output
+
+    def best_output(self) -> MethodOutput | None:
+        """The best refined field so far, marked partial (None unless a refinement started)."""
+        fit = getattr(self, "fit", None)
+        return None if fit is None else fit.best_output(partial=True)
 
     def forward_options(self) -> dict:
         """Keyword arguments for the model's forward pass (none by default)."""

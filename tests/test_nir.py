@@ -1,0 +1,169 @@
+"""NIR (neural-field registration) and the test-time refinement of learned methods: a known smooth
+deformation is recovered, diffeomorphic fields do not fold, progress carries previews, cancel and
+``max_seconds`` stop promptly with the best field so far, and the register contract holds."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import blob_pair, rotation_affine
+from warpseg.engine import register, run_to_end
+from warpseg.errors import InputError
+from warpseg.methods import MethodOutput, Progress, RegistrationInput, get_method
+from warpseg.methods.nir import local_ncc
+from warpseg.metrics import normalized_cross_correlation
+from warpseg.spatial import folding_percent, jacobian_determinant, warp_image
+
+FAST = {"threads": 1, "downsize": 1, "iterations": 150, "preview_every": 25, "learning_rate": 3e-3}
+
+
+def textured_image(shape, seed: int = 3) -> np.ndarray:
+    """Smooth blobs of varied size and brightness in [0, 1], enough texture to register."""
+    rng = np.random.default_rng(seed)
+    axes = np.meshgrid(*[np.arange(n, dtype=np.float64) for n in shape], indexing="ij")
+    image = np.zeros(shape)
+    for _ in range(40 * len(shape)):
+        centre = rng.uniform(0.0, 1.0, len(shape)) * np.asarray(shape)
+        width = rng.uniform(1.5, 3.5)
+        image += rng.uniform(0.3, 1.0) * np.exp(-sum((a - c) ** 2 for a, c in zip(axes, centre)) / (2 * width**2))
+    return (image / image.max()).astype(np.float32)
+
+
+def smooth_field(shape, amplitude: float = 2.0) -> np.ndarray:
+    """A smooth displacement of up to ``amplitude`` voxels: one sine bump per axis, ``(ndim, *S)``."""
+    axes = np.meshgrid(*[np.linspace(0.0, np.pi, n) for n in shape], indexing="ij")
+    return np.stack([amplitude * np.sin(axes[(d + 1) % len(shape)]) * np.sin(axes[d])
+                     for d in range(len(shape))]).astype(np.float32)
+
+
+def deformed_pair(shape) -> tuple[RegistrationInput, np.ndarray]:
+    """``fixed = moving(x + u(x))`` for a known smooth ``u``: the ideal displacement is ``u``."""
+    moving, field = textured_image(shape), smooth_field(shape)
+    fixed = warp_image(torch.as_tensor(moving)[None, None], torch.as_tensor(field)[None])[0, 0].numpy()
+    return RegistrationInput(moving, fixed, (1.0,) * len(shape)), field
+
+
+def drive(job):
+    """Run a method's generator to its end; return (records, output)."""
+    records = []
+    while True:
+        try:
+            records.append(next(job))
+        except StopIteration as stop:
+            return records, stop.value
+
+
+def warped(pair: RegistrationInput, displacement: np.ndarray) -> np.ndarray:
+    return warp_image(torch.as_tensor(pair.moving)[None, None], torch.as_tensor(displacement)[None])[0, 0].numpy()
+
+
+@pytest.mark.parametrize("mode", ["displacement", "diffeomorphic"])
+def test_recovers_a_known_smooth_deformation(mode):
+    pair, truth = deformed_pair((40, 36))
+    records, output = drive(get_method("nir")(mode=mode, **FAST).run(pair))
+    assert output.displacement.shape == truth.shape and output.displacement.dtype == np.float32
+    assert not output.partial and output.details["iterations"] == FAST["iterations"]
+    middle = (slice(None), slice(8, -8), slice(8, -8))
+    error = np.abs(output.displacement - truth)[middle].mean()
+    assert error < 0.3 * np.abs(truth)[middle].mean(), error
+    before = normalized_cross_correlation(pair.moving, pair.fixed)
+    after = normalized_cross_correlation(warped(pair, output.displacement), pair.fixed)
+    assert after > 0.98 and after - before > 0.5 * (1.0 - before), (before, after)
+    folded = folding_percent(jacobian_determinant(torch.as_tensor(output.displacement)[None]))
+    if mode == "diffeomorphic":
+        assert folded == 0.0
+
+
+@pytest.mark.parametrize("sampler", ["patch", "hybrid"])
+def test_patch_and_hybrid_samplers_improve_the_match(sampler):
+    pair, _ = deformed_pair((40, 36))
+    options = {**FAST, "sampler": sampler, "patch_size": 16, "hybrid_iterations": 60, "learning_rate": 1e-3}
+    _, output = drive(get_method("nir")(**options).run(pair))
+    before = normalized_cross_correlation(pair.moving, pair.fixed)
+    after = normalized_cross_correlation(warped(pair, output.displacement), pair.fixed)
+    assert after - before > 0.5 * (1.0 - before), (sampler, before, after)
+
+
+def test_progress_records_carry_small_previews():
+    pair = RegistrationInput(textured_image((100, 80)), textured_image((100, 80), seed=4), (1.0, 1.0))
+    records, _ = drive(get_method("nir")(threads=1, iterations=20, preview_every=5).run(pair))
+    assert [record.step for record in records] == [5, 10, 15, 20]
+    for record in records:
+        assert isinstance(record, Progress) and record.total == 20 and "fold" in record.message
+        assert np.isfinite(record.loss)
+        assert isinstance(record.preview, np.ndarray) and record.preview.dtype == np.float32
+        assert record.preview.ndim == 2 and max(record.preview.shape) <= 64 and min(record.preview.shape) > 16
+
+
+def test_closing_stops_promptly_and_keeps_the_best_field():
+    pair, _ = deformed_pair((40, 36))
+    method = get_method("nir")(threads=1, iterations=10**6, preview_every=5)
+    job = method.run(pair)
+    for _, record in zip(range(3), job):
+        assert record.step > 0
+    closing = time.monotonic()
+    job.close()
+    assert time.monotonic() - closing < 1.0
+    best = method.best_output()
+    assert isinstance(best, MethodOutput) and best.partial and best.displacement.shape == (2, 40, 36)
+    assert 15 <= best.details["iterations"] < 100
+
+
+def test_max_seconds_returns_the_best_field_as_partial():
+    pair, _ = deformed_pair((40, 36))
+    started = time.monotonic()
+    _, output = drive(get_method("nir")(threads=1, iterations=10**6, max_seconds=0.5).run(pair))
+    assert time.monotonic() - started < 5.0
+    assert output.partial and output.details["iterations"] < 10**6
+    assert output.displacement.shape == (2, 40, 36) and np.isfinite(output.displacement).all()
+
+
+def test_unknown_options_and_choices_are_clear_errors():
+    pair, _ = deformed_pair((16, 16))
+    with pytest.raises(InputError, match="no option"):
+        drive(get_method("nir")(iteration=5).run(pair))
+    with pytest.raises(InputError, match="mode"):
+        drive(get_method("nir")(mode="elastic").run(pair))
+    with pytest.raises(InputError, match="no option"):
+        drive(get_method("vxm")(refine_iteration=5).run(pair))
+
+
+def test_register_contract_in_3d():
+    moving, moving_labels = blob_pair((20, 22, 18), rotation_affine((2.0, 2.0, 2.2), 5.0, (-20, -22, -20)), 1)
+    fixed, fixed_labels = blob_pair((24, 24, 20), rotation_affine((1.8, 1.8, 2.0), -3.0, (-21, -21, -20)), 2)
+    job = register(moving, fixed, "nir", moving_labels=moving_labels, fixed_labels=fixed_labels, device="cpu",
+                   options={"threads": 1, "iterations": 60, "preview_every": 20})
+    records = []
+    result = run_to_end(job, records.append)
+    assert any(record.preview is not None and record.preview.ndim == 3 for record in records)
+    assert result.warped.shape == fixed.shape and np.allclose(result.warped.affine, fixed.affine)
+    assert result.displacement.shape == (3, *fixed.shape) and not result.partial
+    assert result.metrics["dice_mean"] > result.metrics["dice_before"]
+    assert result.metrics["folding_percent"] == 0.0 and result.details["iterations"] == 60
+
+
+def test_refine_improves_a_learned_method(shared_data):
+    from warpseg.engine.register import prepare_pair
+    from warpseg.io import read_volume
+    from warpseg.methods.learned import shipped_weights
+
+    if not shipped_weights("vxm", 2).is_file():
+        pytest.skip("no shipped 2D vxm weights")
+    moving = read_volume(shared_data / "oasis2d" / "subjX_slice_norm.nii.gz", labels=False)
+    fixed = read_volume(shared_data / "oasis2d" / "subjY_slice_norm.nii.gz", labels=False)
+    pair = prepare_pair(moving, fixed, None, None, "cpu")
+    _, plain = drive(get_method("vxm")().run(pair))
+    records, refined = drive(get_method("vxm")(refine=60, refine_threads=1, refine_preview_every=20).run(pair))
+    assert [record.stage for record in records[-3:]] == ["refine"] * 3
+    assert "refine" in refined.details and "weights_file" in refined.details
+
+    def similarity(displacement):
+        image = torch.as_tensor(warped(pair, displacement))[None, None]
+        return float(local_ncc(image, torch.as_tensor(pair.fixed)[None, None], 9))
+
+    assert similarity(refined.displacement) > similarity(plain.displacement) + 0.02
+    assert normalized_cross_correlation(warped(pair, refined.displacement), pair.fixed) > \
+        normalized_cross_correlation(warped(pair, plain.displacement), pair.fixed)
