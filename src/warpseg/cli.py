@@ -183,6 +183,8 @@ def _add_bench(commands) -> None:
                          help="2 and/or 3 (default: both)")
     command.add_argument("--max-pairs", type=int, default=None, help="use at most this many pairs per dimension")
     command.add_argument("--output", type=Path, default=Path("BENCHMARKS.md"))
+    command.add_argument("--viewer", action="store_true",
+                         help="measure the napari viewer's responsiveness while registering instead (needs a display)")
     command.set_defaults(run=_run_bench)
 
 
@@ -190,6 +192,11 @@ def _run_bench(args) -> int:
     from warpseg.bench import run_benchmark
 
     methods = args.methods.split(",") if args.methods else None
+    if args.viewer:
+        from warpseg.bench.viewer import run_viewer_benchmark
+
+        run_viewer_benchmark(methods, args.output)
+        return 0
     run_benchmark(args.data, methods=methods, ndims=args.ndim or [2, 3], max_pairs=args.max_pairs,
                   output=args.output)
     return 0

@@ -76,8 +76,13 @@ def render_table(ndim: int, pairs, summary: dict[str, dict], machine: str) -> st
 
 
 def update_benchmarks_file(path: Path, key: str, ndim: int, pairs, summary, machine: str) -> None:
-    """Replace (or append) the section ``key`` of the benchmarks file, keeping the others."""
-    section = f"<!-- bench:{key} -->\n{render_table(ndim, pairs, summary, machine)}<!-- /bench:{key} -->\n"
+    """Replace (or append) the registration section ``key`` of the benchmarks file."""
+    replace_section(path, key, render_table(ndim, pairs, summary, machine))
+
+
+def replace_section(path: Path, key: str, body: str) -> None:
+    """Replace (or append) the section between ``<!-- bench:key -->`` markers, keeping the others."""
+    section = f"<!-- bench:{key} -->\n{body}<!-- /bench:{key} -->\n"
     text = path.read_text() if path.exists() else HEADER
     pattern = re.compile(rf"<!-- bench:{re.escape(key)} -->.*?<!-- /bench:{re.escape(key)} -->\n", re.S)
     text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section

@@ -1,0 +1,56 @@
+"""How responsive the viewer stays while the Register widget works: a timer that records gaps.
+
+A ``QTimer`` asks to run every ``TICK_MS``; the longest time between two of its runs is the
+longest the Qt event loop was blocked (plus one tick). Measured separately while the job runs in
+its worker thread and while the result layers are being added.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+TICK_MS = 5
+
+
+@dataclass
+class Responsiveness:
+    longest_gap_running_ms: float
+    longest_gap_adding_ms: float
+    seconds_running: float
+    seconds_adding: float
+
+
+def probe_registration(widget, timeout: float = 600.0) -> Responsiveness:
+    """Start ``widget``'s registration and turn the event loop until it is done, timing every gap."""
+    from qtpy.QtCore import QTimer
+    from qtpy.QtWidgets import QApplication
+
+    application = QApplication.instance()
+    gaps = {"running": 0.0, "adding": 0.0}
+    last = [time.perf_counter()]
+
+    def tick() -> None:
+        now = time.perf_counter()
+        phase = "running" if widget.job is not None and widget.job.running else "adding"
+        gaps[phase] = max(gaps[phase], now - last[0])
+        last[0] = now
+
+    timer = QTimer()
+    timer.setInterval(TICK_MS)
+    timer.timeout.connect(tick)
+    timer.start()
+    started = time.perf_counter()
+    job = widget.start()
+    if job is None:
+        timer.stop()
+        raise RuntimeError(f"the registration did not start: {widget.log.value}")
+    last[0] = time.perf_counter()
+    while job.running and time.perf_counter() - started < timeout:
+        application.processEvents()
+        time.sleep(0.001)
+    ran = time.perf_counter() - started
+    while widget.busy and time.perf_counter() - started < timeout:
+        application.processEvents()
+        time.sleep(0.001)
+    timer.stop()
+    return Responsiveness(1000 * gaps["running"], 1000 * gaps["adding"], ran, time.perf_counter() - started - ran)
