@@ -68,8 +68,8 @@ def slice_overlays(result: RegistrationResult, axis: int | None = None, index: i
     fixed, method = result.fixed, result.method
     return [
         (grid_vectors(result, axis, index), _vector_attributes(fixed, layer_name(method, "grid"), "yellow"), "vectors"),
-        (glyph_vectors(result, axis, index), _vector_attributes(fixed, layer_name(method, "glyphs"), "cyan",
-                                                                visible=False), "vectors"),
+        (glyph_vectors(result, axis, index), {**_vector_attributes(fixed, layer_name(method, "glyphs"), "cyan",
+                                                                   visible=False), "vector_style": "arrow"}, "vectors"),
     ]
 
 

@@ -58,11 +58,13 @@ class JobWidget(Container):
                 self.progress, self.log]
 
     @staticmethod
-    def fix_label_height(label: Label, lines: int) -> None:
-        """Wrap ``label``'s text in a fixed height, so new text does not re-lay out the window."""
-        label.native.setWordWrap(True)
-        label.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
-        label.native.setMinimumHeight(label.native.fontMetrics().lineSpacing() * lines)
+    def reserve_lines(label: Label, lines: int, wrap: bool = True) -> Label:
+        """Give ``label`` room for ``lines`` lines up front (docks do not grow when text arrives later);
+        long text wraps instead of widening the dock."""
+        label.native.setWordWrap(wrap)
+        label.native.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Minimum)
+        label.native.setMinimumHeight(int(label.native.fontMetrics().lineSpacing() * (lines + 0.5)))
+        return label
 
     # --- layer choices -------------------------------------------------------------------------
     def _volume_layers(self, _widget=None) -> list:

@@ -45,7 +45,7 @@ class CompareWidget(JobWidget):
         self.png_button = PushButton(text="Save view")
         self.extend([*self.pair_widgets(), self.methods, *self.run_widgets(), self.table, self.shown,
                      self.csv_file, self.csv_button, self.png_file, self.png_button])
-        self.fix_label_height(self.log, 2)
+        self.reserve_lines(self.log, 2)
         self.results: list[RegistrationResult] = []
         self.shown.changed.connect(self.show_method)
         self.csv_button.clicked.connect(self.export_table)

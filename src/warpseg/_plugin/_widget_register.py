@@ -46,9 +46,9 @@ class RegistrationWidget(JobWidget):
         self.save_button = PushButton(text="Save results", enabled=False)
         self.extend([*self.pair_widgets(), self.method, self.about, self.weights, self.device, self.method_options,
                      *self.run_widgets(), self.metrics, self.flicker, self.save_folder, self.save_button])
-        self.fix_label_height(self.about, 2)
-        self.fix_label_height(self.log, 2)
-        self.fix_label_height(self.metrics, 3)
+        self.reserve_lines(self.about, 4)
+        self.reserve_lines(self.log, 2)
+        self.reserve_lines(self.metrics, 4, wrap=False)
         self.result: RegistrationResult | None = None
         self._running_method, self._running_fixed = DEFAULT_METHOD, None
         self._flicker_timer = None
@@ -186,7 +186,7 @@ def describe_metrics(result: RegistrationResult) -> str:
         lines.append(f"Dice {metrics.get('dice_before', float('nan')):.3f} → {metrics['dice_mean']:.3f}"
                      + (f" · HD95 {metrics['hd95_mean']:.2f} mm" if "hd95_mean" in metrics else ""))
     folds = int(np.count_nonzero(result.jacobian.array <= 0))
-    lines.append(f"folds {folds} voxels ({metrics['folding_percent']:.3f} %) · NCC "
-                 f"{metrics['ncc_before']:.3f} → {metrics['ncc_after']:.3f}")
+    lines.append(f"folds (det J ≤ 0): {folds} voxels, {metrics['folding_percent']:.3f} %")
+    lines.append(f"NCC {metrics['ncc_before']:.3f} → {metrics['ncc_after']:.3f}")
     lines.append(f"{result.seconds_registration:.2f} s on {result.device}")
     return "\n".join(lines)

@@ -1,0 +1,52 @@
+"""Regenerate the screenshots under docs/ (run under xvfb-run from the repository root):
+
+    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python docs/make_screenshots.py
+
+The result views come from the main job (`warpseg demo`); the compare view from the Compare widget
+on the 2D sample pair.
+"""
+from __future__ import annotations
+
+import shutil
+import time
+import warnings
+from pathlib import Path
+
+DOCS = Path(__file__).resolve().parent
+
+
+def result_views() -> None:
+    from warpseg.demo import run_demo
+
+    out = run_demo(DOCS / "_demo_run")
+    for shot in sorted((out / "screenshots").glob("*.png")):
+        shutil.copy(shot, DOCS / f"register_{shot.name}")
+    shutil.rmtree(out)
+
+
+def compare_view() -> None:
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    from warpseg._plugin._widget_compare import CompareWidget
+
+    viewer = napari.Viewer(show=True)
+    viewer.open_sample("napari-warpseg", "brain_pair_2d")
+    widget = CompareWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Compare methods")
+    viewer.window.resize(1500, 950)
+    widget.methods.value = ["identity", "sitk-bspline", "sitk-demons", "nice-trans", "vxm", "nir"]
+    widget.start()
+    while widget.busy:
+        QApplication.instance().processEvents()
+        time.sleep(0.01)
+    viewer.layers["fixed"].colormap = "gray"
+    viewer.reset_view()
+    viewer.screenshot(str(DOCS / "compare.png"), canvas_only=False)
+    viewer.close()
+
+
+if __name__ == "__main__":
+    warnings.filterwarnings("ignore")
+    result_views()
+    compare_view()
