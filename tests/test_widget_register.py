@@ -164,3 +164,16 @@ def test_the_event_loop_keeps_turning_while_a_3d_registration_runs(make_napari_v
     assert not errors and widget.result is not None
     assert measured.seconds_running > 1.0  # a real 3D job, long enough to freeze a viewer that ran it inline
     assert measured.longest_gap_running_ms < 1000, measured
+
+
+def test_nir_streams_a_live_preview_that_the_result_replaces(make_napari_viewer, qtbot, sample_cache, errors):
+    viewer = make_napari_viewer()
+    widget = open_widget(viewer)
+    widget.method.value, widget.method_options.value = "nir", "iterations=40 preview_every=5"
+    seen = []
+    viewer.layers.events.inserted.connect(lambda event: seen.append(event.value.name))
+    widget.start()
+    wait_until_idle(qtbot, widget)
+    assert not errors
+    assert "nir: live" in seen and "nir: live" not in viewer.layers  # shown while running, gone at the end
+    assert seen.index("nir: live") < seen.index("nir: warped")
