@@ -45,9 +45,15 @@ def smooth_noise(shape, channels: int, generator: torch.Generator, amplitude: fl
     return amplitude * F.interpolate(coarse, size=tuple(shape), mode=mode, align_corners=True)
 
 
+SHIFT_MM, ELASTIC_MM = 6.0, 3.0  # largest random shift and elastic amplitude, in mm
+
+
 def augment_pair_member(image: torch.Tensor, labels: torch.Tensor | None, generator: torch.Generator,
-                        strength: float = 1.0):
+                        strength: float = 1.0, spacing: float = 1.0):
     """Warp an image (and its labels) by a random field, then change its intensities.
+
+    Shifts and elastic amplitudes are set in mm, so a coarser training grid (``spacing`` mm) gets
+    the same physical augmentation.
 
     Shapes
     ------
@@ -55,7 +61,7 @@ def augment_pair_member(image: torch.Tensor, labels: torch.Tensor | None, genera
     """
     shape = image.shape[2:]
     field = random_spatial_field(shape, generator, rotation_deg=8 * strength, scale=0.08 * strength,
-                                 shift=6 * strength, elastic=3 * strength)
+                                 shift=SHIFT_MM * strength / spacing, elastic=ELASTIC_MM * strength / spacing)
     image = warp_image(image, field)
     labels = None if labels is None else warp_labels(labels, field)
     return change_intensity(image, generator), labels

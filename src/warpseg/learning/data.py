@@ -72,7 +72,7 @@ class RegistrationData:
                 image = synthesise_image(labels, generator, NUM_SEG4)
             else:
                 image = subject.images[item: item + 1]
-            pair[role], pair[f"{role}_labels"] = augment_pair_member(image, labels, generator)
+            pair[role], pair[f"{role}_labels"] = augment_pair_member(image, labels, generator, spacing=self.spacing)
         return pair
 
     def validation_pairs(self) -> list[tuple[str, dict[str, torch.Tensor]]]:
