@@ -42,3 +42,15 @@ def test_identity_benchmark_on_one_real_2d_pair(tmp_path, shared_data):
     assert 0.3 < entry["dice_before"][0] < 0.95
     assert entry["dice_mean"][0] == pytest.approx(entry["dice_before"][0])
     assert "| identity |" in output.read_text()
+
+
+def test_method_variants_carry_their_options():
+    from warpseg.bench.run import default_methods, parse_method_list, parse_variant
+
+    specs = parse_method_list("identity, nir[iterations=20,mode=displacement],vxm[refine=5]")
+    assert specs == ["identity", "nir[iterations=20,mode=displacement]", "vxm[refine=5]"]
+    assert parse_variant(specs[1]) == ("nir", {"iterations": 20, "mode": "displacement"})
+    assert parse_variant("identity") == ("identity", {})
+    assert "nice-trans[refine=100]" in default_methods(2) and "nir" in default_methods(2)
+    with pytest.raises(Exception, match="NAME\\[KEY=VALUE"):
+        parse_variant("nir[iterations=3")

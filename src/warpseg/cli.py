@@ -45,6 +45,10 @@ def _add_register(commands) -> None:
     command.add_argument("--weights", default=None, help="weights file for learned methods")
     command.add_argument("--moving-labels", type=Path, default=None)
     command.add_argument("--fixed-labels", type=Path, default=None)
+    command.add_argument("--moving-landmarks", type=Path, default=None,
+                         help="CSV of x,y,z world points in mm (RAS), one per row (a header row allowed)")
+    command.add_argument("--fixed-landmarks", type=Path, default=None,
+                         help="CSV of the corresponding fixed points, same order; result.json gets tre_mm_*")
     command.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     command.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                          help="a method option, e.g. --option iterations=50 (repeatable)")
@@ -55,14 +59,18 @@ def _add_register(commands) -> None:
 
 def _run_register(args) -> int:
     from warpseg.engine import register, run_to_end, write_result
-    from warpseg.io import read_volume
+    from warpseg.io import read_landmarks, read_volume
 
+    if (args.moving_landmarks is None) != (args.fixed_landmarks is None):
+        raise WarpsegError("give both --moving-landmarks and --fixed-landmarks (corresponding points), or neither")
+    landmarks = read_landmarks(args.moving_landmarks, args.fixed_landmarks) if args.moving_landmarks else None
     moving = read_volume(args.moving, labels=False)
     fixed = read_volume(args.fixed, labels=False)
     moving_labels = read_volume(args.moving_labels, labels=True) if args.moving_labels else None
     fixed_labels = read_volume(args.fixed_labels, labels=True) if args.fixed_labels else None
     job = register(moving, fixed, args.method, moving_labels=moving_labels, fixed_labels=fixed_labels,
-                   weights=args.weights, device=args.device, options=parse_options(args.option))
+                   weights=args.weights, device=args.device, options=parse_options(args.option),
+                   landmarks=landmarks)
     result = run_to_end(job, None if args.quiet else ProgressPrinter(args.method))
     write_result(result, args.out)
     print(format_summary(result, args.out))
@@ -113,6 +121,8 @@ def format_summary(result, out_dir: Path) -> str:
     if "dice_mean" in metrics:
         parts.append(f"Dice {metrics['dice_before']:.3f} -> {metrics['dice_mean']:.3f}, "
                      f"HD95 {metrics['hd95_mean']:.2f} mm")
+    if "tre_mm_after" in metrics:
+        parts.append(f"TRE {metrics['tre_mm_before']:.2f} -> {metrics['tre_mm_after']:.2f} mm")
     return "; ".join(parts) + f"\nwritten to {out_dir}"
 
 
@@ -139,13 +149,16 @@ def _run_methods(args) -> int:
 
 def _add_train(commands) -> None:
     command = commands.add_parser("train", help="train a learned method on the shared data; writes a checkpoint")
-    command.add_argument("method", help="nice-trans or vxm")
+    command.add_argument("method", help="nice-trans, vxm, vxm-diff or lindef")
     command.add_argument("--data", type=Path, default=None, help="shared data folder (default: $WARPSEG_DATA or ../shared/data)")
     command.add_argument("--ndim", type=int, choices=[2, 3], required=True)
     command.add_argument("--out", type=Path, required=True, help="checkpoint file to write (.pt)")
     command.add_argument("--steps", type=int, default=2000)
     command.add_argument("--lr", type=float, default=1e-4)
-    command.add_argument("--smoothness", type=float, default=1.0, help="weight of the diffusion regulariser")
+    command.add_argument("--smoothness", type=float, default=None,
+                         help="weight of the diffusion regulariser (default 1; 0 for lindef, which has its own penalties)")
+    command.add_argument("--similarity", default="lncc",
+                         help="image similarity: mse, lncc, mi or a weighted sum such as 'mi:0.5,lncc:0.5' (default: lncc)")
     command.add_argument("--dice-weight", type=float, default=1.0, help="weight of the label Dice term (0: unsupervised)")
     command.add_argument("--validate-every", type=int, default=250)
     command.add_argument("--validation-subjects", default="vxm", help="comma-separated held-out subjects")
@@ -163,11 +176,14 @@ def _add_train(commands) -> None:
 def _run_train(args) -> int:
     from warpseg.bench.pairs import default_data_dir
     from warpseg.engine.register import resolve_device, run_to_end
+    from warpseg.learning.registry import training_default
     from warpseg.learning.train import TrainingConfig, train_registration
 
+    smoothness = args.smoothness if args.smoothness is not None else training_default(args.method, "smoothness", 1.0)
     config = TrainingConfig(
         method=args.method, ndim=args.ndim, data=str(args.data or default_data_dir()), steps=args.steps,
-        learning_rate=args.lr, smoothness=args.smoothness, dice_weight=args.dice_weight, seed=args.seed,
+        learning_rate=args.lr, smoothness=smoothness, dice_weight=args.dice_weight, similarity=args.similarity,
+        seed=args.seed,
         validate_every=args.validate_every, validation_subjects=tuple(args.validation_subjects.split(",")),
         label_maps=args.label_maps, spacing=args.spacing, device=resolve_device(args.device), model_options=parse_options(args.model_option))
     path = run_to_end(train_registration(config, args.out, resume=args.resume), ProgressPrinter(f"train {args.method}", 5.0))
@@ -178,7 +194,8 @@ def _run_train(args) -> int:
 def _add_bench(commands) -> None:
     command = commands.add_parser("bench", help="benchmark methods on the dev pairs; writes BENCHMARKS.md")
     command.add_argument("--data", type=Path, default=None, help="shared data folder (default: $WARPSEG_DATA or ../shared/data)")
-    command.add_argument("--methods", default=None, help="comma-separated method names (default: all available)")
+    command.add_argument("--methods", default=None, help="comma-separated method names, options in brackets, e.g. nir,vxm[refine=100] "
+                         "(default: all available, and learned ones refined)")
     command.add_argument("--ndim", type=int, choices=[2, 3], action="append", default=None,
                          help="2 and/or 3 (default: both)")
     command.add_argument("--max-pairs", type=int, default=None, help="use at most this many pairs per dimension")
@@ -191,7 +208,9 @@ def _add_bench(commands) -> None:
 def _run_bench(args) -> int:
     from warpseg.bench import run_benchmark
 
-    methods = args.methods.split(",") if args.methods else None
+    from warpseg.bench.run import parse_method_list
+
+    methods = parse_method_list(args.methods) if args.methods else None
     if args.viewer:
         from warpseg.bench.viewer import run_viewer_benchmark
 

@@ -9,6 +9,7 @@ import numpy as np
 
 from warpseg.engine.result import RegistrationResult
 from warpseg.engine.validate import check_pair
+from warpseg.io.landmarks import Landmarks, check_landmarks_inside, landmark_metrics
 from warpseg.io.volume import Volume
 from warpseg.methods import MethodOutput, Progress, RegistrationInput, get_method
 
@@ -40,14 +41,17 @@ def normalise_intensity(array: np.ndarray, low: float = 0.5, high: float = 99.5)
 
 def register(moving: Volume, fixed: Volume, method: str, *, moving_labels: Volume | None = None,
              fixed_labels: Volume | None = None, weights: str | None = None, device: str = "auto",
-             options: dict[str, Any] | None = None) -> RegistrationJob:
+             options: dict[str, Any] | None = None, landmarks: Landmarks | None = None) -> RegistrationJob:
     """Register ``moving`` to ``fixed`` with the named method.
 
     A generator: it yields :class:`Progress` records and returns a :class:`RegistrationResult`
-    whose every output lies on the fixed image's grid. Closing it cancels the work.
+    whose every output lies on the fixed image's grid. Closing it cancels the work. With
+    ``landmarks`` (corresponding world points) the metrics include the target registration error.
     """
     started = time.perf_counter()
     check_pair(moving, fixed, moving_labels, fixed_labels)
+    if landmarks is not None:
+        check_landmarks_inside(landmarks, fixed)
     method_class = get_method(method)
     device = resolve_device(device)
     instance = method_class(weights=weights, **(options or {}))
@@ -59,7 +63,7 @@ def register(moving: Volume, fixed: Volume, method: str, *, moving_labels: Volum
     seconds_registration = time.perf_counter() - method_started
     yield Progress("finish", 0, 1, "warping and measuring")
     result = assemble_result(moving, fixed, moving_labels, fixed_labels, output,
-                             before=(moving_on_fixed, labels_on_fixed))
+                             before=(moving_on_fixed, labels_on_fixed), landmarks=landmarks)
     result.method, result.device = method, device
     result.weights = weights or output.details.get("weights_file")
     result.seconds_registration = seconds_registration
@@ -91,11 +95,12 @@ def prepare_pair(moving_on_fixed: Volume, fixed: Volume, labels_on_fixed: Volume
 
 def assemble_result(moving: Volume, fixed: Volume, moving_labels: Volume | None,
                     fixed_labels: Volume | None, output: MethodOutput,
-                    before: tuple[Volume, Volume | None]) -> RegistrationResult:
+                    before: tuple[Volume, Volume | None], *,
+                    landmarks: Landmarks | None = None) -> RegistrationResult:
     """Warp the native moving image and labels once through the field; measure everything.
 
     ``before`` holds the moving image and labels already resampled onto the fixed grid (the
-    identity warp), for the 'before' scores.
+    identity warp), for the 'before' scores; ``landmarks`` add the target registration error.
     """
     import torch
 
@@ -117,6 +122,8 @@ def assemble_result(moving: Volume, fixed: Volume, moving_labels: Volume | None,
             spacing = tuple(float(s) for s in fixed.spacing)
             metrics["dice_before"] = float(np.mean(list(dice_per_label(before[1].array, fixed_labels.array).values())))
             metrics.update(label_metrics(warped_labels.array, fixed_labels.array, spacing))
+    if landmarks is not None:
+        metrics.update(landmark_metrics(landmarks, np.asarray(output.displacement), fixed))
     return RegistrationResult(
         method="", fixed=fixed, warped=warped, displacement=np.asarray(output.displacement, np.float32),
         jacobian=fixed.with_array(determinant, is_labels=False), metrics=metrics,

@@ -1,12 +1,109 @@
-"""Training losses grouped as image, label and deformation terms (MONAI where it has them)."""
+"""Training losses grouped as image, label and deformation terms (MONAI where it has them).
+
+Image similarity is pluggable: ``"mse"``, ``"lncc"``, ``"mi"`` or a weighted sum written
+``"mi:0.5,lncc:0.5"`` (see :func:`parse_similarity`). Every similarity is a loss: lower is better.
+"""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from warpseg.errors import InputError
+
+SIMILARITIES = ("mse", "lncc", "mi")
+"""Names of the image similarities a training run can choose."""
+
+
+def parse_similarity(text: str) -> list[tuple[str, float]]:
+    """``"lncc"`` or ``"mi:0.5,lncc:0.5"`` to ``[(name, weight), ...]``; a clear error otherwise."""
+    terms = []
+    for part in (piece.strip() for piece in str(text).split(",")):
+        name, _, weight = part.partition(":")
+        name = name.strip().lower()
+        if name not in SIMILARITIES:
+            raise InputError(f"unknown similarity {name!r} in {text!r}; choose from {', '.join(SIMILARITIES)}, "
+                             "or a weighted sum such as 'mi:0.5,lncc:0.5'")
+        try:
+            value = float(weight) if weight.strip() else 1.0
+        except ValueError:
+            raise InputError(f"similarity weight {weight!r} in {text!r} is not a number") from None
+        if value <= 0 or any(name == seen for seen, _ in terms):
+            raise InputError(f"similarity {text!r}: each name once, with a positive weight")
+        terms.append((name, value))
+    return terms
+
+
+class MutualInformationLoss(torch.nn.Module):
+    """Negative global mutual information with Gaussian Parzen windows (differentiable).
+
+    Intensities (clipped to [0, 1], the engine's normalisation) are spread over ``bins`` equally
+    spaced bin centres with Gaussian weights of width ``sigma_ratio`` times the bin spacing,
+    normalised per voxel. The joint histogram is the voxel mean of the outer products of both
+    images' weights; ``MI = sum p_ab log(p_ab / (p_a p_b))`` in nats.
+
+    Shapes
+    ------
+    ``forward(warped, fixed)``: both ``(B, 1, *S)``; returns a scalar, ``-MI`` averaged over the batch.
+    """
+
+    def __init__(self, bins: int = 32, sigma_ratio: float = 0.5, eps: float = 1e-10) -> None:
+        super().__init__()
+        if bins < 2 or sigma_ratio <= 0:
+            raise ValueError(f"need bins >= 2 and sigma_ratio > 0, got {bins} and {sigma_ratio}")
+        self.register_buffer("centres", torch.linspace(0.0, 1.0, bins), persistent=False)
+        self.sigma = sigma_ratio / (bins - 1)
+        self.eps = eps
+
+    def parzen_weights(self, image: torch.Tensor) -> torch.Tensor:
+        """Per-voxel bin memberships: ``(B, C, *S)`` to ``(B, N, bins)`` summing to 1 over bins."""
+        values = image.reshape(image.shape[0], -1, 1).clamp(0.0, 1.0)
+        weights = torch.exp(-0.5 * ((values - self.centres.to(image)) / self.sigma) ** 2)
+        return weights / weights.sum(dim=-1, keepdim=True)
+
+    def mutual_information(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+        """MI in nats of two images, per batch element: ``(B,)``."""
+        a, b = self.parzen_weights(first), self.parzen_weights(second)
+        joint = a.transpose(1, 2) @ b / a.shape[1]  # (B, bins, bins)
+        marginals = joint.sum(dim=2, keepdim=True) * joint.sum(dim=1, keepdim=True)
+        ratio = (joint + self.eps) / (marginals + self.eps)
+        return (joint * torch.log(ratio)).sum(dim=(1, 2))
+
+    def forward(self, warped: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+        return -self.mutual_information(warped, fixed).mean()
+
+
+class MeanSquaredErrorLoss(torch.nn.Module):
+    """Mean squared intensity difference (the paper's ``||R - W(S, G)||^2``), a scalar."""
+
+    def forward(self, warped: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(warped, fixed)
+
+
+class SimilarityLoss(torch.nn.Module):
+    """A weighted sum of image similarity losses chosen by name (see :func:`parse_similarity`).
+
+    Shapes
+    ------
+    ``forward(warped, fixed)``: both ``(B, 1, *S)``; returns a scalar.
+    """
+
+    def __init__(self, ndim: int, similarity: str = "lncc", window: int = 9) -> None:
+        super().__init__()
+        from monai.losses import LocalNormalizedCrossCorrelationLoss
+
+        self.terms = parse_similarity(similarity)
+        builders = {"mse": MeanSquaredErrorLoss, "mi": MutualInformationLoss,
+                    "lncc": lambda: LocalNormalizedCrossCorrelationLoss(spatial_dims=ndim, kernel_size=window)}
+        self.losses = torch.nn.ModuleDict({name: builders[name]() for name, _ in self.terms})
+
+    def forward(self, warped: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+        if len(self.terms) == 1:  # exactly the single loss (no multiplication by 1.0)
+            return self.losses[self.terms[0][0]](warped, fixed)
+        return sum(weight * self.losses[name](warped, fixed) for name, weight in self.terms)
+
 
 class RegistrationLoss(torch.nn.Module):
-    """``-LNCC(warped, fixed) + smoothness * diffusion(u) + dice_weight * (1 - Dice(labels))``.
+    """``similarity(warped, fixed) + smoothness * diffusion(u) + dice_weight * (1 - Dice(labels))``.
 
     Parameters
     ----------
@@ -18,13 +115,16 @@ class RegistrationLoss(torch.nn.Module):
         Weight of the diffusion regulariser (mean squared spatial gradient of ``u``), σ in the papers.
     dice_weight
         Weight of the soft Dice of the warped moving one-hot labels, used when both sides have labels.
+    similarity
+        The image similarity (see :func:`parse_similarity`); ``"lncc"`` (-LNCC) by default.
     """
 
-    def __init__(self, ndim: int, window: int = 9, smoothness: float = 1.0, dice_weight: float = 1.0) -> None:
+    def __init__(self, ndim: int, window: int = 9, smoothness: float = 1.0, dice_weight: float = 1.0,
+                 similarity: str = "lncc") -> None:
         super().__init__()
-        from monai.losses import DiffusionLoss, LocalNormalizedCrossCorrelationLoss
+        from monai.losses import DiffusionLoss
 
-        self.similarity = LocalNormalizedCrossCorrelationLoss(spatial_dims=ndim, kernel_size=window)
+        self.similarity = SimilarityLoss(ndim, similarity, window)
         self.diffusion = DiffusionLoss()
         self.smoothness, self.dice_weight = smoothness, dice_weight
 

@@ -1,20 +1,34 @@
-"""Which network each learned method trains, with its default size."""
+"""Which network each learned method trains, with its default size and training defaults."""
 from __future__ import annotations
 
 import torch
 
 from warpseg.errors import InputError
 
+TRAINING_DEFAULTS: dict[str, dict] = {
+    # The paper's loss is similarity + L1 penalties on A - I and on the spatial gradients (the model's
+    # loss_terms), without a diffusion term: a diffusion term on the full field would also penalise
+    # the affine part.
+    "lindef": {"smoothness": 0.0},
+}
+"""Per-method defaults for training options the user did not set (others: TrainingConfig's)."""
+
 
 def new_model(method: str, ndim: int, **options) -> torch.nn.Module:
     """A freshly initialised network for ``method`` (``options`` override its constructor defaults)."""
-    from warpseg.models import NiceTrans, VoxelMorph
+    from warpseg.models import LinearDeformable, NiceTrans, VoxelMorph
 
     builders = {
         "nice-trans": lambda: NiceTrans(ndim=ndim, **options),
         "vxm": lambda: VoxelMorph(ndim=ndim, **options),
         "vxm-diff": lambda: VoxelMorph(ndim=ndim, integration_steps=7, **options),
+        "lindef": lambda: LinearDeformable(ndim=ndim, **options),
     }
     if method not in builders:
         raise InputError(f"no trainable network for {method!r}; choose one of: {', '.join(builders)}")
     return builders[method]()
+
+
+def training_default(method: str, option: str, fallback):
+    """The default of a training ``option`` for ``method`` (``fallback`` when it has none of its own)."""
+    return TRAINING_DEFAULTS.get(method, {}).get(option, fallback)

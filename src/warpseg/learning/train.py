@@ -29,6 +29,7 @@ class TrainingConfig:
     learning_rate: float = 1e-4
     smoothness: float = 1.0
     dice_weight: float = 1.0
+    similarity: str = "lncc"  # image similarity: mse, lncc, mi or a weighted sum "mi:0.5,lncc:0.5"
     seed: int = 0
     validate_every: int = 250
     validation_subjects: tuple[str, ...] = ("vxm",)
@@ -46,6 +47,8 @@ def train_registration(config: TrainingConfig, out: Path, *, resume: bool = Fals
     """
     from warpseg.learning.registry import new_model
 
+    loss_function = RegistrationLoss(config.ndim, smoothness=config.smoothness, dice_weight=config.dice_weight,
+                                     similarity=config.similarity)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     model = new_model(config.method, config.ndim, **config.model_options).to(config.device)
@@ -61,7 +64,6 @@ def train_registration(config: TrainingConfig, out: Path, *, resume: bool = Fals
     yield Progress("train", step, config.steps, "loading training data")
     data = RegistrationData(config.data, config.ndim, config.validation_subjects, config.label_maps,
                             spacing=config.spacing)
-    loss_function = RegistrationLoss(config.ndim, smoothness=config.smoothness, dice_weight=config.dice_weight)
     started, first_step, running = time.perf_counter(), step, []
     while step < config.steps:
         model.train()
@@ -93,6 +95,9 @@ def training_step(model, optimiser, loss_function, pair: dict, device: str) -> d
     warped = warp_image(moving, displacement)
     warped_onehot = warp_image(one_hot(pair["moving_labels"].to(device), NUM_SEG4), displacement)
     terms = loss_function(warped, fixed, displacement, warped_onehot, one_hot(pair["fixed_labels"].to(device), NUM_SEG4))
+    for name, value in outputs.get("loss_terms", {}).items():  # the model's own penalties (lindef)
+        terms[name] = value
+        terms["total"] = terms["total"] + value
     if "affine_displacement" in outputs and outputs["affine_displacement"] is not displacement:
         terms["total"] = terms["total"] + loss_function.similarity(warp_image(moving, outputs["affine_displacement"]), fixed)
     optimiser.zero_grad(set_to_none=True)

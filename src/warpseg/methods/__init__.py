@@ -8,6 +8,7 @@ from warpseg.methods.sitk_bspline import SitkBspline
 from warpseg.methods.sitk_demons import SitkDemons
 from warpseg.methods.ants_syn import AntsSyn
 from warpseg.methods.identity import Identity
+from warpseg.methods.lindef import LinearDeformableRegistration
 from warpseg.methods.nir import NeuralFieldRegistration
 from warpseg.methods.nice_trans import NiceTransAffineRegistration, NiceTransRegistration
 from warpseg.methods.voxelmorph import VoxelMorphRegistration
@@ -15,7 +16,7 @@ from warpseg.methods.voxelmorph import VoxelMorphRegistration
 METHODS: dict[str, type[RegistrationMethod]] = {
     method.name: method for method in (Identity, SitkAffine, SitkBspline, SitkDemons, AntsSyn,
                                        NiceTransRegistration, NiceTransAffineRegistration, VoxelMorphRegistration,
-                                       NeuralFieldRegistration)
+                                       LinearDeformableRegistration, NeuralFieldRegistration)
 }
 
 
