@@ -167,3 +167,21 @@ def test_refine_improves_a_learned_method(shared_data):
     assert similarity(refined.displacement) > similarity(plain.displacement) + 0.02
     assert normalized_cross_correlation(warped(pair, refined.displacement), pair.fixed) > \
         normalized_cross_correlation(warped(pair, plain.displacement), pair.fixed)
+
+
+def test_sending_finish_returns_the_best_field_so_far_through_the_engine():
+    from warpseg.methods import FINISH
+
+    moving, _ = blob_pair((32, 36), rotation_affine((1.0, 1.0, 1.0), 0, (0, 0, 0)), seed=1)
+    fixed, _ = blob_pair((32, 36), rotation_affine((1.0, 1.0, 1.0), 0, (0, 0, 0)), seed=2)
+    job = register(moving, fixed, "nir", options={"iterations": 10_000, "preview_every": 5})
+    progress = next(job)
+    while progress.stage != "optimise":
+        progress = next(job)
+    try:
+        while True:
+            job.send(FINISH)
+    except StopIteration as stop:
+        result = stop.value
+    assert result.partial and result.details["iterations"] < 100
+    assert result.metrics["ncc_after"] > result.metrics["ncc_before"]

@@ -177,3 +177,18 @@ def test_nir_streams_a_live_preview_that_the_result_replaces(make_napari_viewer,
     assert not errors
     assert "nir: live" in seen and "nir: live" not in viewer.layers  # shown while running, gone at the end
     assert seen.index("nir: live") < seen.index("nir: warped")
+
+
+def test_finish_now_keeps_nirs_best_field_so_far_as_a_partial_result(make_napari_viewer, qtbot, sample_cache,
+                                                                       errors):
+    viewer = make_napari_viewer()
+    widget = open_widget(viewer)
+    widget.method.value, widget.method_options.value = "nir", "iterations=5000 preview_every=5"
+    job = widget.start()
+    assert widget.finish_button.enabled
+    qtbot.waitUntil(lambda: "optimise" in widget.log.value, timeout=60_000)
+    widget.finish_button.clicked.emit(True)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    assert not errors and widget.result is not None and widget.result.partial
+    assert widget.result.details["iterations"] < 5000 and "partial" in widget.log.value
+    assert "nir: warped" in viewer.layers and not job.running

@@ -6,7 +6,9 @@ every record that carries a preview) and, at the end, the finished value. Heavy 
 
 Cancel sets an event; the worker checks it after every progress record of the job, closes the
 job (which stops the method's own threads or processes) and reports ``cancelled`` instead of a
-result. Nothing reaches the viewer from a cancelled job.
+result. Nothing reaches the viewer from a cancelled job. Finish sets another event: from then on
+the worker sends :data:`~warpseg.methods.FINISH` into the job, and methods that can stop early
+return their best result so far (marked partial), which is shown like any result.
 """
 from __future__ import annotations
 
@@ -16,24 +18,28 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
-from warpseg.methods.base import Progress
+from warpseg.methods.base import FINISH, Progress
 
 PROGRESS_INTERVAL = 0.05  # seconds between two progress records sent to the viewer
 CANCELLED = object()
 
 
 def drive(make_job: Callable[[], Generator[Progress, None, Any]], finish: Callable[[Any], Any] | None,
-          cancel: threading.Event, interval: float = PROGRESS_INTERVAL) -> Generator[Progress, None, Any]:
+          cancel: threading.Event, finish_early: threading.Event | None = None,
+          interval: float = PROGRESS_INTERVAL) -> Generator[Progress, None, Any]:
     """Run ``make_job()`` to its end, passing on its progress (throttled) and returning
-    ``finish(value)``; returns ``CANCELLED`` once ``cancel`` is set."""
+    ``finish(value)``; returns ``CANCELLED`` once ``cancel`` is set. Once ``finish_early`` is set,
+    every step sends FINISH into the job (ignored by methods that cannot stop early)."""
     job = make_job()
-    last_sent = 0.0
+    last_sent, started = 0.0, False
     try:
         while True:
             if cancel.is_set():
                 return CANCELLED
             try:
-                progress = next(job)
+                wants_finish = started and finish_early is not None and finish_early.is_set()
+                progress = job.send(FINISH) if wants_finish else next(job)
+                started = True
             except StopIteration as stop:
                 value = stop.value
                 break
@@ -68,14 +74,15 @@ class ProgressClock:
 
 
 class JobHandle:
-    """A job running in a napari worker thread; ``cancel()`` stops it, ``running`` tells if it runs."""
+    """A job running in a napari worker thread; ``cancel()`` stops it, ``finish_now()`` asks for its
+    best result so far, ``running`` tells if it runs."""
 
     def __init__(self, make_job, *, finish=None, on_progress=None, on_done=None, on_error=None,
                  on_cancelled=None, on_finished=None) -> None:
         from napari.qt.threading import create_worker
 
-        self.cancel_event = threading.Event()
-        self.worker = create_worker(drive, make_job, finish, self.cancel_event, _start_thread=False,
+        self.cancel_event, self.finish_event = threading.Event(), threading.Event()
+        self.worker = create_worker(drive, make_job, finish, self.cancel_event, self.finish_event, _start_thread=False,
                                     _ignore_errors=True)  # on_error reports them
         if on_progress is not None:
             self.worker.yielded.connect(on_progress)
@@ -105,6 +112,10 @@ class JobHandle:
 
     def cancel(self) -> None:
         self.cancel_event.set()
+
+    def finish_now(self) -> None:
+        """Ask the job for its best result so far (methods that can stop early)."""
+        self.finish_event.set()
 
 
 def format_eta(seconds: float | None) -> str:

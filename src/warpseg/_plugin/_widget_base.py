@@ -38,7 +38,9 @@ class JobWidget(Container):
         self.fixed = ComboBox(label="fixed image", choices=self._volume_layers)
         self.fixed_labels = ComboBox(label="fixed labels", choices=self._label_layers)
         self.run_button = PushButton(text=self.run_text)
-        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.cancel_button = PushButton(text="Cancel", enabled=False, tooltip="stop and keep nothing")
+        self.finish_button = PushButton(text="Finish now", enabled=False,
+                                        tooltip="stop an iterative method and keep its best result so far")
         self.progress = ProgressBar(label="", min=0, max=1000, value=0)
         self.log = Label(label="", value="ready")
         self.job: JobHandle | None = None
@@ -47,6 +49,7 @@ class JobWidget(Container):
         self._clock = ProgressClock()
         self.run_button.clicked.connect(self.start)
         self.cancel_button.clicked.connect(self.cancel)
+        self.finish_button.clicked.connect(self.finish_now)
         for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
             event.connect(lambda _: self.reset_choices())
 
@@ -54,7 +57,8 @@ class JobWidget(Container):
         return [self.moving, self.moving_labels, self.fixed, self.fixed_labels]
 
     def run_widgets(self) -> list:
-        return [Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False),
+        buttons = [self.run_button, self.finish_button, self.cancel_button]
+        return [Container(widgets=buttons, layout="horizontal", labels=False),
                 self.progress, self.log]
 
     @staticmethod
@@ -131,6 +135,10 @@ class JobWidget(Container):
         """``(make_job, finish)`` from the widget's fields (subclasses); raise InputError when wrong."""
         raise NotImplementedError
 
+    def can_finish_early(self) -> bool:
+        """Whether the job being started can stop early with its best result (subclasses)."""
+        return False
+
     def job_done(self, value: Any) -> None:
         """Called once the job's layers are all shown (subclasses)."""
 
@@ -141,6 +149,12 @@ class JobWidget(Container):
         if self.job is not None and self.job.running:
             self.job.cancel()
             self.log.value = "cancelling…"
+
+    def finish_now(self) -> None:
+        if self.job is not None and self.job.running:
+            self.job.finish_now()
+            self.finish_button.enabled = False
+            self.log.value = "finishing with the best result so far…"
 
     def on_progress(self, progress) -> None:
         fraction = progress.fraction
@@ -181,6 +195,7 @@ class JobWidget(Container):
 
     def set_running(self, running: bool, message: str) -> None:
         self.run_button.enabled, self.cancel_button.enabled = not running, running
+        self.finish_button.enabled = running and self.can_finish_early()
         self.log.value = message
 
     def report_error(self, error: Exception) -> None:

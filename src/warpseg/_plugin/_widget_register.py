@@ -99,6 +99,10 @@ class RegistrationWidget(JobWidget):
         self.result = None  # the slice overlays follow the new result once it is fully shown
         return make_job, finish
 
+    def can_finish_early(self) -> bool:
+        method = METHODS[self.method.value]
+        return method.can_finish_early or "refine=" in self.method_options.value
+
     def on_progress(self, progress) -> None:
         super().on_progress(progress)
         fixed = self._running_fixed

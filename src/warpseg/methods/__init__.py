@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from warpseg.errors import InputError
-from warpseg.methods.base import MethodOutput, Progress, RegistrationInput, RegistrationMethod
+from warpseg.methods.base import FINISH, MethodOutput, Progress, RegistrationInput, RegistrationMethod
 from warpseg.methods.sitk_affine import SitkAffine
 from warpseg.methods.sitk_bspline import SitkBspline
 from warpseg.methods.sitk_demons import SitkDemons
@@ -46,5 +46,5 @@ def get_method(name: str) -> type[RegistrationMethod]:
     return method
 
 
-__all__ = ["METHODS", "available_methods", "get_method", "MethodOutput", "Progress",
+__all__ = ["FINISH", "METHODS", "available_methods", "get_method", "MethodOutput", "Progress",
            "RegistrationInput", "RegistrationMethod"]

@@ -9,6 +9,11 @@ from typing import Any, ClassVar
 import numpy as np
 
 
+FINISH = "finish"
+"""Sent into a running job (``job.send(FINISH)``) to ask for the best result so far: methods that can
+stop early (``RegistrationMethod.can_finish_early``) return it, marked partial; others ignore it."""
+
+
 @dataclass
 class Progress:
     """One progress report of a long job; the CLI prints it and the GUI draws it.
@@ -72,6 +77,7 @@ class RegistrationMethod(ABC):
     name: ClassVar[str]
     description: ClassVar[str]
     iterative: ClassVar[bool] = False
+    can_finish_early: ClassVar[bool] = False
     needs_weights: ClassVar[bool] = False
     requires: ClassVar[tuple[str, ...]] = ()
 
@@ -95,5 +101,6 @@ class RegistrationMethod(ABC):
     def run(self, pair: RegistrationInput) -> Generator[Progress, None, MethodOutput]:
         """Register ``pair``: yield :class:`Progress` records, return a :class:`MethodOutput`.
 
-        Closing the generator cancels the work; it must stop promptly.
+        Closing the generator cancels the work; it must stop promptly. A method with
+        ``can_finish_early`` returns its best result so far, partial, when :data:`FINISH` is sent.
         """

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from warpseg.methods.base import MethodOutput, Progress, RegistrationInput, RegistrationMethod
+from warpseg.methods.base import FINISH, MethodOutput, Progress, RegistrationInput, RegistrationMethod
 from warpseg.methods.sitk_runner import resolve_options
 from warpseg.spatial import (compose_displacements, folding_percent, integrate_velocity,
                              jacobian_determinant, sample_at, warp_image)
@@ -403,7 +403,8 @@ class FieldFit:
     def run(self, stage: str = "optimise") -> Generator[Progress, None, MethodOutput]:
         """Fit the fields, yielding a progress record with a preview every ``preview_every`` steps.
 
-        Returns the best field; when ``max_seconds`` runs out first, the best so far, partial.
+        Returns the best field; when ``max_seconds`` runs out or :data:`FINISH` is sent, the best
+        so far, partial.
         """
         settings, started = self.settings, time.perf_counter()
         total, every = int(settings["iterations"]), max(1, int(settings["preview_every"]))
@@ -425,9 +426,11 @@ class FieldFit:
                             and time.perf_counter() - started > settings["max_seconds"]):
                         return self.best_output(partial=True)
                     if self.iterations_done % every == 0 or self.iterations_done == total:
-                        yield Progress(stage, self.iterations_done, total,
-                                       f"{sampler}: fold {folded:.2f}%", loss=self.last_loss,
-                                       preview=self.preview())
+                        request = yield Progress(stage, self.iterations_done, total,
+                                                 f"{sampler}: fold {folded:.2f}%", loss=self.last_loss,
+                                                 preview=self.preview())
+                        if request == FINISH:
+                            return self.best_output(partial=True)
             return self.best_output()
         finally:
             torch.set_num_threads(threads)
@@ -443,6 +446,7 @@ class NeuralFieldRegistration(RegistrationMethod):
     description: ClassVar[str] = ("Neural-field registration (NIR): a sine MLP over coordinates, "
                                   "optimised for this pair; diffeomorphic by default.")
     iterative: ClassVar[bool] = True
+    can_finish_early: ClassVar[bool] = True
     needs_weights: ClassVar[bool] = False
     defaults: ClassVar[dict[str, Any]] = NIR_DEFAULTS
 
