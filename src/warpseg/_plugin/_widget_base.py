@@ -205,7 +205,8 @@ class JobWidget(Container):
         self.log.value = f"error: {error}"
         if not isinstance(error, WarpsegError):
             logging.getLogger(__name__).error("warpseg job failed", exc_info=error)
-        show_error(f"warpseg: {error}" if isinstance(error, WarpsegError) else f"warpseg: {type(error).__name__}: {error}")
+        expected = isinstance(error, WarpsegError)
+        show_error(f"warpseg: {error}" if expected else f"warpseg: {type(error).__name__}: {error}")
 
     # --- layers --------------------------------------------------------------------------------
     def show_layer(self, layer_data: tuple) -> None:
