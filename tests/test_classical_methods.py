@@ -213,3 +213,20 @@ def test_ants_errors_reach_the_caller():
     pair = shifted_pair(2)
     with pytest.raises(RuntimeError, match="ANTs registration failed"):
         drive(get_method("ants-syn")(type_of_transform="NoSuchTransform").run(pair))
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_bspline_streams_a_preview_of_the_warp_after_each_level(ndim):
+    """The last preview is the final warp, sampled on a coarse grid over the fixed image's extent."""
+    from warpseg.methods.sitk_runner import PREVIEW_SIZE
+
+    pair = shifted_pair(ndim, (0.8, 1.5, 1.0)[:ndim])
+    records, output = drive(get_method("sitk-bspline")(**FAST["sitk-bspline"]).run(pair))
+    previews = [record.preview for record in records if record.preview is not None]
+    assert len(previews) == len(FAST["sitk-bspline"]["shrink_factors"])
+    assert all(p.ndim == ndim and max(p.shape) <= PREVIEW_SIZE for p in previews)
+    warped = warp_image(torch.as_tensor(pair.moving)[None, None], torch.as_tensor(output.displacement)[None])
+    coarse = torch.nn.functional.interpolate(warped, size=previews[-1].shape, mode="area")[0, 0].numpy()
+    moving = torch.nn.functional.interpolate(torch.as_tensor(pair.moving)[None, None], size=previews[-1].shape,
+                                             mode="area")[0, 0].numpy()
+    assert np.abs(previews[-1] - coarse).mean() < 0.5 * np.abs(moving - coarse).mean()

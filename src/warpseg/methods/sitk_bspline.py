@@ -15,7 +15,7 @@ from warpseg.errors import InputError
 from warpseg.methods.sitk_affine import (SitkAffine, check_levels, execute_level, new_method,
                                          optional_affine, prefixed_affine_defaults)
 from warpseg.methods.base import Progress
-from warpseg.methods.sitk_runner import Pyramid
+from warpseg.methods.sitk_runner import Pyramid, warped_preview
 
 BSPLINE_DEFAULTS: dict[str, Any] = {
     **prefixed_affine_defaults(),         # affine (on/off) and affine_<sitk-affine option>
@@ -117,6 +117,9 @@ def bspline_registration(fixed: Pyramid, moving: Pyramid, initial: sitk.Transfor
         method.SetInitialTransform(bspline, inPlace=False)
         bspline = yield from execute_level(method, fixed_level, moving_level, stage="bspline",
                                            level=level, levels=levels, iterations=iterations)
+        current = sitk.CompositeTransform([initial, sitk.BSplineTransform(bspline)])
+        yield Progress("bspline", (level + 1) * iterations, levels * iterations, f"level {level + 1}/{levels} done",
+                       preview=warped_preview(moving.image, fixed.image, current))
     # a composite applies its last transform first: x -> initial(bspline(x))
     return sitk.CompositeTransform([initial, sitk.BSplineTransform(bspline)])
 

@@ -83,6 +83,26 @@ def field_to_displacement(field: sitk.Image) -> np.ndarray:
     return out
 
 
+PREVIEW_SIZE = 64  # live previews have at most this many voxels per axis
+
+
+def warped_preview(moving: sitk.Image, fixed: sitk.Image, transform: sitk.Transform) -> np.ndarray:
+    """``moving`` through ``transform`` on a coarse grid spanning ``fixed``'s extent (local frame).
+
+    Shapes
+    ------
+    returns ``S'`` float32 in our axis order, at most ``PREVIEW_SIZE`` per axis.
+    """
+    size, spacing = fixed.GetSize(), fixed.GetSpacing()
+    factor = max(1.0, max(size) / PREVIEW_SIZE)
+    coarse_size = [max(1, int(np.ceil(n / factor))) for n in size]
+    coarse_spacing = [h * n / m for h, n, m in zip(spacing, size, coarse_size)]
+    reference = sitk.Image(coarse_size, sitk.sitkFloat32)
+    reference.SetSpacing(coarse_spacing)
+    reference.SetOrigin([(coarse - fine) / 2 for coarse, fine in zip(coarse_spacing, spacing)])
+    return from_sitk(sitk.Resample(moving, reference, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32))
+
+
 def displacement_field_filter(reference: sitk.Image) -> sitk.TransformToDisplacementFieldFilter:
     """A filter that samples a transform's displacement on ``reference``'s grid (float64 vectors)."""
     sampler = sitk.TransformToDisplacementFieldFilter()
