@@ -149,3 +149,19 @@ def test_missing_file_and_empty_folder_raise_input_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="DICOM"):
         read_volume(tmp_path / "empty")
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".mha"])
+def test_label_names_round_trip_through_a_sidecar(tmp_path, suffix):
+    from warpseg.io import Volume, read_volume, write_volume
+    from warpseg.io.label_names import sidecar_path
+
+    labels = Volume(np.arange(24, dtype=np.uint8).reshape(4, 6) % 3, np.eye(4), is_labels=True,
+                    label_names={1: "cortex", 2: "white matter"})
+    path = write_volume(labels, tmp_path / f"seg{suffix}")
+    assert sidecar_path(path) == tmp_path / "seg.labels.json" and sidecar_path(path).exists()
+    back = read_volume(path)
+    assert back.is_labels and back.label_names == {1: "cortex", 2: "white matter"}
+    (tmp_path / "seg.labels.json").write_text("[1, 2]")
+    with pytest.raises(Exception, match="label-name file"):
+        read_volume(path)

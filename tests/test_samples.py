@@ -117,4 +117,5 @@ def test_make_sample_data_script_writes_both_pairs(tmp_path, sample_cache, pair_
     assert completed.returncode == 0, completed.stderr
     for ndim in (2, 3):
         written = sorted(p.name for p in (tmp_path / "out" / f"pair{ndim}d").iterdir())
-        assert written == sorted(f"{k}.nii.gz" for k in samples.SAMPLE_KEYS)
+        label_names = [f"{k}.labels.json" for k in samples.SAMPLE_KEYS if k.endswith("labels")]
+        assert written == sorted([f"{k}.nii.gz" for k in samples.SAMPLE_KEYS] + label_names)

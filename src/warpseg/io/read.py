@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from warpseg.errors import InputError
+from warpseg.io.label_names import read_label_names
 from warpseg.io.volume import Volume
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -70,12 +71,13 @@ def read_volume(path: str | Path, *, labels: bool | None = None) -> Volume:
         )
     array, affine = _squeeze_single_slice(array, affine, path)
     _check_finite_and_varied(array, path)
-    is_labels = _looks_like_labels(array, path) if labels is None else labels
+    label_names = read_label_names(path)
+    is_labels = (label_names is not None or _looks_like_labels(array, path)) if labels is None else labels
     if is_labels:
         array = _as_label_array(array, path)
     else:
         array = array.astype(np.float32, copy=False)
-    return Volume(array, affine, is_labels=is_labels)
+    return Volume(array, affine, is_labels=is_labels, label_names=label_names if is_labels else None)
 
 
 def _read_nifti(path: Path):

@@ -6,14 +6,16 @@ from pathlib import Path
 import numpy as np
 
 from warpseg.errors import InputError
+from warpseg.io.label_names import write_label_names
 from warpseg.io.volume import Volume
 
 
 def write_volume(volume: Volume, path: str | Path) -> Path:
     """Write ``volume`` to ``path``; the suffix picks the format (.nii, .nii.gz, .mha, .mhd, .nrrd).
 
-    Label maps keep an integer type; images are written as float32. A 2D volume becomes a
-    single-slice file whose header carries the full 4x4 affine.
+    Label maps keep an integer type (and their names go to a ``.labels.json`` sidecar); images
+    are written as float32. A 2D volume becomes a single-slice file whose header carries the
+    full 4x4 affine.
     """
     path = Path(path)
     name = path.name.lower()
@@ -28,6 +30,8 @@ def write_volume(volume: Volume, path: str | Path) -> Path:
         sitk.WriteImage(volume_to_sitk(volume, array), str(path), True)
     else:
         raise InputError(f"{path}: cannot write this format; use .nii.gz, .nii, .mha or .nrrd")
+    if volume.is_labels and volume.label_names:
+        write_label_names(volume.label_names, path)
     return path
 
 
