@@ -30,9 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="warpseg", description=__doc__)
     commands = parser.add_subparsers(title="commands")
     _add_register(commands)
+    _add_segment(commands)
     _add_methods(commands)
     _add_train(commands)
     _add_bench(commands)
+    _add_batch(commands)
     _add_demo(commands)
     return parser
 
@@ -74,6 +76,39 @@ def _run_register(args) -> int:
     result = run_to_end(job, None if args.quiet else ProgressPrinter(args.method))
     write_result(result, args.out)
     print(format_summary(result, args.out))
+    return 0
+
+
+def _add_segment(commands) -> None:
+    command = commands.add_parser("segment", help="segment IMAGE and write the label map")
+    command.add_argument("image", type=Path)
+    command.add_argument("--method", default="atlas-propagation", help="see `warpseg methods` (default: atlas-propagation)")
+    command.add_argument("--atlas", type=Path, default=None, help="atlas image, for atlas-based methods")
+    command.add_argument("--atlas-labels", type=Path, default=None, help="the atlas's label map")
+    command.add_argument("--labels", type=Path, default=None, help="reference labels: result.json gets Dice and HD95")
+    command.add_argument("--weights", default=None, help="weights file for learned methods")
+    command.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    command.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                         help="a method option, e.g. --option registration=nir (repeatable)")
+    command.add_argument("--out", type=Path, required=True, help="output folder")
+    command.add_argument("--quiet", action="store_true", help="print no progress")
+    command.set_defaults(run=_run_segment)
+
+
+def _run_segment(args) -> int:
+    from warpseg.engine import run_to_end, segment, write_segmentation
+    from warpseg.io import read_volume
+
+    if (args.atlas is None) != (args.atlas_labels is None):
+        raise WarpsegError("give both --atlas and --atlas-labels (an image and its label map), or neither")
+    atlas = (read_volume(args.atlas, labels=False), read_volume(args.atlas_labels, labels=True)) if args.atlas else None
+    reference = read_volume(args.labels, labels=True) if args.labels else None
+    job = segment(read_volume(args.image, labels=False), args.method, atlas=atlas, reference=reference,
+                  weights=args.weights, device=args.device, options=parse_options(args.option))
+    result = run_to_end(job, None if args.quiet else ProgressPrinter(args.method))
+    write_segmentation(result, args.out)
+    scores = f"; Dice {result.metrics['dice_mean']:.3f}" if "dice_mean" in result.metrics else ""
+    print(f"{result.method}: {result.seconds:.2f} s on {result.device}{scores}\nwritten to {args.out}")
     return 0
 
 
@@ -132,8 +167,9 @@ def _add_methods(commands) -> None:
 
 
 def _run_methods(args) -> int:
-    from warpseg.methods import METHODS
+    from warpseg.methods import METHODS, SEGMENTATION_METHODS
 
+    print("registration (warpseg register --method NAME):")
     for name, method in METHODS.items():
         missing = method.missing_requirements()
         if missing:
@@ -143,7 +179,11 @@ def _run_methods(args) -> int:
             state = f"weights {'+'.join(shipped)}" if shipped else "no weights"
         else:
             state = "ready"
-        print(f"{name:18s} {state:14s} {method.description}")
+        print(f"  {name:18s} {state:14s} {method.description}")
+    print("segmentation (warpseg segment --method NAME):")
+    for name, method in SEGMENTATION_METHODS.items():
+        state = "needs an atlas" if method.needs_atlas else "ready"
+        print(f"  {name:18s} {state:14s} {method.description}")
     return 0
 
 
@@ -170,12 +210,16 @@ def _add_train(commands) -> None:
     command.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
                          help="network constructor option, e.g. --model-option integration_steps=7")
     command.add_argument("--resume", action="store_true", help="continue from OUT's .state.pt file")
+    command.add_argument("--distributed", action="store_true",
+                         help="data-parallel training under torchrun (DDP: gloo on CPU, nccl on CUDA), e.g. "
+                              "torchrun --nproc_per_node=2 -m warpseg.cli train ... --distributed")
     command.set_defaults(run=_run_train)
 
 
 def _run_train(args) -> int:
     from warpseg.bench.pairs import default_data_dir
     from warpseg.engine.register import resolve_device, run_to_end
+    from warpseg.learning.distributed import is_main_process
     from warpseg.learning.registry import training_default
     from warpseg.learning.train import TrainingConfig, train_registration
 
@@ -186,8 +230,10 @@ def _run_train(args) -> int:
         seed=args.seed,
         validate_every=args.validate_every, validation_subjects=tuple(args.validation_subjects.split(",")),
         label_maps=args.label_maps, spacing=args.spacing, device=resolve_device(args.device), model_options=parse_options(args.model_option))
-    path = run_to_end(train_registration(config, args.out, resume=args.resume), ProgressPrinter(f"train {args.method}", 5.0))
-    print(f"checkpoint written to {path}")
+    printer = ProgressPrinter(f"train {args.method}", 5.0) if is_main_process() else None
+    path = run_to_end(train_registration(config, args.out, resume=args.resume, distributed=args.distributed), printer)
+    if is_main_process():
+        print(f"checkpoint written to {path}")
     return 0
 
 
@@ -218,6 +264,80 @@ def _run_bench(args) -> int:
         return 0
     run_benchmark(args.data, methods=methods, ndims=args.ndim or [2, 3], max_pairs=args.max_pairs,
                   output=args.output)
+    return 0
+
+
+def _add_batch(commands) -> None:
+    command = commands.add_parser("batch", help="many registrations from a pairs CSV, on local processes or a Dask cluster")
+    batch_commands = command.add_subparsers(title="batch commands")
+    _add_batch_register(batch_commands)
+    _add_batch_bench(batch_commands)
+
+
+def _add_batch_register(commands) -> None:
+    command = commands.add_parser("register", help="register every row of a pairs CSV; writes OUT/<id>/ and OUT/summary.csv")
+    command.add_argument("--pairs", type=Path, required=True,
+                         help="CSV with columns moving,fixed[,moving_labels,fixed_labels,id]; paths relative to the CSV")
+    command.add_argument("--method", required=True, help="see `warpseg methods`")
+    command.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                         help="a method option, e.g. --option iterations=50 (repeatable)")
+    command.add_argument("--weights", default=None, help="weights file for learned methods (a path the workers can read)")
+    command.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="chosen on each worker")
+    command.add_argument("--out", type=Path, required=True, help="output folder (rows already there are skipped)")
+    command.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                         help="a Dask scheduler, e.g. tcp://10.0.0.5:8786 (default: a local cluster)")
+    command.add_argument("--workers", type=int, default=1, help="local worker processes (without --scheduler; default 1, in-process)")
+    command.add_argument("--quiet", action="store_true", help="print no progress")
+    command.set_defaults(run=_run_batch_register)
+
+
+def _run_batch_register(args) -> int:
+    from warpseg.batch import BatchJob, read_pairs, run_batch
+    from warpseg.methods import get_method
+
+    get_method(args.method)  # fail before starting a cluster
+    rows = read_pairs(args.pairs)
+    job = BatchJob(args.method, parse_options(args.option), args.weights, args.device)
+    records = run_batch(rows, job, args.out, scheduler=args.scheduler, workers=args.workers,
+                        on_row=None if args.quiet else print_batch_row)
+    counts = {status: sum(r["status"] == status for r in records) for status in ("ok", "skipped", "failed")}
+    print(f"{len(records)} rows: {counts['ok']} ok, {counts['skipped']} skipped, {counts['failed']} failed; "
+          f"summary in {args.out / 'summary.csv'}")
+    return 1 if counts["failed"] else 0
+
+
+def print_batch_row(record: dict, done: int, total: int) -> None:
+    """One line on stderr per finished row of a batch."""
+    detail = record["error"] or f"{record['seconds_registration'] or 0:.2f} s"
+    if record.get("dice_mean") is not None:
+        detail += f", Dice {record['dice_before']:.3f} -> {record['dice_mean']:.3f}"
+    worker = f" on {record['worker']}" if record.get("worker") else ""
+    print(f"[batch] {done}/{total} {record['status']:7s} {record['id']}: {detail}{worker}", file=sys.stderr)
+
+
+def _add_batch_bench(commands) -> None:
+    command = commands.add_parser("bench", help="batch throughput on 1 vs 2 local workers; writes the 'batch' section of BENCHMARKS.md")
+    command.add_argument("--data", type=Path, default=None, help="shared data folder (default: $WARPSEG_DATA or ../shared/data)")
+    command.add_argument("--method", default="sitk-affine", help="a fast method (default: sitk-affine)")
+    command.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                         help="a method option (default: threads=1)")
+    command.add_argument("--rows", type=int, default=12, help="batch rows: the 2D dev pairs repeated (default 12)")
+    command.add_argument("--gpu-seconds-per-pair", type=float, default=2.0,
+                         help="ASSUMED time of one 3D pair on one GPU, for the projection (default 2.0)")
+    command.add_argument("--bandwidth-mb-s", type=float, default=100.0,
+                         help="ASSUMED storage-to-worker bandwidth per worker in MB/s, for the projection (default 100)")
+    command.add_argument("--output", type=Path, default=Path("BENCHMARKS.md"))
+    command.set_defaults(run=_run_batch_bench)
+
+
+def _run_batch_bench(args) -> int:
+    from warpseg.bench.batch import Projection, run_batch_benchmark
+
+    options = {"threads": 1, **parse_options(args.option)}
+    projection = Projection(gpu_seconds_per_pair=args.gpu_seconds_per_pair, bandwidth_mb_s=args.bandwidth_mb_s)
+    run_batch_benchmark(args.data, args.output, method=args.method, options=options, rows=args.rows,
+                        projection=projection)
+    print(f"section 'batch' written to {args.output}")
     return 0
 
 

@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from warpseg.engine.result import RegistrationResult
@@ -20,11 +21,19 @@ def write_result(result: RegistrationResult, out_dir: str | Path) -> list[Path]:
     and ``result.json``. They are written to a temporary folder beside ``out_dir`` and moved
     into place at the end; other files already in ``out_dir`` are left alone.
     """
+    return write_atomically(lambda folder: _write_all(result, folder), out_dir)
+
+
+def write_atomically(write_all: Callable[[Path], None], out_dir: str | Path) -> list[Path]:
+    """Run ``write_all(staging)`` in a temporary folder beside ``out_dir``, then move its files in.
+
+    A failure leaves ``out_dir`` as it was; other files already in ``out_dir`` are left alone.
+    """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        _write_all(result, staging)
+        write_all(staging)
         out_dir.mkdir(exist_ok=True)
         written = []
         for path in sorted(staging.iterdir()):
@@ -43,10 +52,10 @@ def _write_all(result: RegistrationResult, folder: Path) -> None:
     if result.fixed.ndim == 2:
         write_itk_displacement(result.displacement, result.fixed, folder / "displacement.mha")
     write_volume(result.jacobian, folder / "jacobian.nii.gz")
-    (folder / "result.json").write_text(json.dumps(result.summary(), indent=2, default=_plain) + "\n")
+    (folder / "result.json").write_text(json.dumps(result.summary(), indent=2, default=json_default) + "\n")
 
 
-def _plain(value):
+def json_default(value):
     """JSON fallback for numpy scalars and paths."""
     if hasattr(value, "item"):
         return value.item()

@@ -39,35 +39,54 @@ class TrainingConfig:
     model_options: dict = field(default_factory=dict)
 
 
-def train_registration(config: TrainingConfig, out: Path, *, resume: bool = False) -> Generator[Progress, None, Path]:
+def train_registration(config: TrainingConfig, out: Path, *, resume: bool = False,
+                       distributed: bool = False) -> Generator[Progress, None, Path]:
     """Train ``config.method`` and write a self-describing checkpoint to ``out``.
 
     Yields :class:`Progress` (loss, ETA) and returns the checkpoint path. A ``.state.pt`` file
     beside ``out`` holds optimiser and random states, so ``resume=True`` continues a stopped run.
+    With ``distributed=True`` (under ``torchrun``) every rank trains a DistributedDataParallel
+    copy on its own pairs (its own sampling seed), gradients are averaged, and rank 0 alone
+    validates and writes the checkpoint, in the single-process format.
     """
+    from warpseg.learning.distributed import start_distributed, stop_distributed
+
+    context = start_distributed(config.device) if distributed else None
+    try:
+        path = yield from _train(config, Path(out), resume, context)
+    except BaseException:
+        if context is not None:
+            stop_distributed(wait=False)
+        raise
+    if context is not None:
+        stop_distributed()
+    return path
+
+
+def _train(config: TrainingConfig, out: Path, resume: bool, context) -> Generator[Progress, None, Path]:
+    """The training loop of :func:`train_registration`; ``context`` is None in a single process."""
+    from warpseg.learning.distributed import gather_from_ranks, rank_seed, wrap_model
     from warpseg.learning.registry import new_model
 
+    rank, world_size, device = (context.rank, context.world_size, context.device) if context else (0, 1, config.device)
     loss_function = RegistrationLoss(config.ndim, smoothness=config.smoothness, dice_weight=config.dice_weight,
                                      similarity=config.similarity)
     torch.manual_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
-    model = new_model(config.method, config.ndim, **config.model_options).to(config.device)
+    generator = torch.Generator().manual_seed(rank_seed(config.seed, rank))
+    model = new_model(config.method, config.ndim, **config.model_options).to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
-    state_file = Path(out).with_suffix(".state.pt")
+    state_file = out.with_suffix(".state.pt")
     history, step = [], 0
     if resume and state_file.exists():
-        state = torch.load(state_file, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        optimiser.load_state_dict(state["optimiser"])
-        generator.set_state(state["generator"])
-        step, history = state["step"], state["history"]
+        step, history = _resume(state_file, model, optimiser, generator, rank)
+    stepping_model = wrap_model(model, context) if context else model
     yield Progress("train", step, config.steps, "loading training data")
     data = RegistrationData(config.data, config.ndim, config.validation_subjects, config.label_maps,
                             spacing=config.spacing)
     started, first_step, running = time.perf_counter(), step, []
     while step < config.steps:
         model.train()
-        terms = training_step(model, optimiser, loss_function, data.sample(generator), config.device)
+        terms = training_step(stepping_model, optimiser, loss_function, data.sample(generator), device)
         step += 1
         running.append(terms["total"])
         if step % 10 == 0 or step == config.steps:
@@ -75,18 +94,46 @@ def train_registration(config: TrainingConfig, out: Path, *, resume: bool = Fals
             yield Progress("train", step, config.steps, f"ETA {_clock(rate * (config.steps - step))}",
                            loss=float(np.mean(running[-50:])))
         if step % config.validate_every == 0 or step == config.steps:
-            scores = validate(model, data, config.device)
+            generators = gather_from_ranks(generator.get_state()) if context else None
+            if rank != 0:
+                continue
+            scores = validate(model, data, device)
             history.append({"step": step, **scores})
             yield Progress("validate", step, config.steps, f"validation Dice {scores['dice']:.3f} "
                            f"(before {scores['dice_before']:.3f})")
             torch.save({"model": model.state_dict(), "optimiser": optimiser.state_dict(), "step": step,
-                        "generator": generator.get_state(), "history": history}, state_file)
-            _write(out, model, config, data, history, time.perf_counter() - started)
-    return Path(out)
+                        "generator": generator.get_state(), "history": history,
+                        **({"generators": generators} if generators else {})}, state_file)
+            _write(out, model, config, data, history, time.perf_counter() - started, world_size)
+    return out
+
+
+def _resume(state_file: Path, model, optimiser, generator: torch.Generator, rank: int) -> tuple[int, list]:
+    """Load a ``.state.pt`` into the model, optimiser and this rank's generator; return step and history.
+
+    A distributed run saved every rank's generator; a rank the file has no generator for keeps
+    its freshly seeded one.
+    """
+    state = torch.load(state_file, map_location="cpu", weights_only=False)
+    model.load_state_dict(state["model"])
+    optimiser.load_state_dict(state["optimiser"])
+    generators = state.get("generators") or [state["generator"]]
+    if rank < len(generators):
+        generator.set_state(generators[rank])
+    return state["step"], state["history"]
 
 
 def training_step(model, optimiser, loss_function, pair: dict, device: str) -> dict[str, float]:
     """One optimisation step on one pair; returns the loss terms as floats."""
+    terms = pair_loss_terms(model, loss_function, pair, device)
+    optimiser.zero_grad(set_to_none=True)
+    terms["total"].backward()
+    optimiser.step()
+    return {key: float(value.detach()) for key, value in terms.items()}
+
+
+def pair_loss_terms(model, loss_function, pair: dict, device: str) -> dict[str, torch.Tensor]:
+    """The loss terms of one pair (tensors, ``"total"`` differentiable) with the model's own penalties."""
     from warpseg.spatial import warp_image
 
     moving, fixed = pair["moving"].to(device), pair["fixed"].to(device)
@@ -100,10 +147,7 @@ def training_step(model, optimiser, loss_function, pair: dict, device: str) -> d
         terms["total"] = terms["total"] + value
     if "affine_displacement" in outputs and outputs["affine_displacement"] is not displacement:
         terms["total"] = terms["total"] + loss_function.similarity(warp_image(moving, outputs["affine_displacement"]), fixed)
-    optimiser.zero_grad(set_to_none=True)
-    terms["total"].backward()
-    optimiser.step()
-    return {key: float(value.detach()) for key, value in terms.items()}
+    return terms
 
 
 def validate(model, data: RegistrationData, device: str) -> dict[str, float]:
@@ -123,14 +167,15 @@ def validate(model, data: RegistrationData, device: str) -> dict[str, float]:
     return {"dice": float(np.mean(after)), "dice_before": float(np.mean(before)), "pairs": len(after)}
 
 
-def _write(out: Path, model, config: TrainingConfig, data: RegistrationData, history: list, seconds: float) -> None:
+def _write(out: Path, model, config: TrainingConfig, data: RegistrationData, history: list, seconds: float,
+           world_size: int = 1) -> None:
     preprocessing = Preprocessing(target_spacing=data.spacing, size_multiple=model.size_multiple)
     training = {
         "command": "warpseg " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else None,
         "config": {**asdict(config), "validation_subjects": list(config.validation_subjects)},
         "data": {"training_subjects": data.sources, "validation_subjects": [s.name for s in data.validation]},
         "validation": history[-1] if history else None, "history": history, "seconds": round(seconds, 1),
-        "torch": str(torch.__version__),
+        "world_size": world_size, "torch": str(torch.__version__),
     }
     save_checkpoint(out, method=config.method, model=model, preprocessing=preprocessing.as_dict(), training=training)
 

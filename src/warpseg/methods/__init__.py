@@ -3,10 +3,12 @@ from __future__ import annotations
 
 from warpseg.errors import InputError
 from warpseg.methods.base import FINISH, MethodOutput, Progress, RegistrationInput, RegistrationMethod
+from warpseg.methods.segmenter import SegmentationMethod, SegmentationOutput
 from warpseg.methods.sitk_affine import SitkAffine
 from warpseg.methods.sitk_bspline import SitkBspline
 from warpseg.methods.sitk_demons import SitkDemons
 from warpseg.methods.ants_syn import AntsSyn
+from warpseg.methods.atlas_propagation import AtlasPropagation
 from warpseg.methods.identity import Identity
 from warpseg.methods.lindef import LinearDeformableRegistration
 from warpseg.methods.nir import NeuralFieldRegistration
@@ -17,6 +19,10 @@ METHODS: dict[str, type[RegistrationMethod]] = {
     method.name: method for method in (Identity, SitkAffine, SitkBspline, SitkDemons, AntsSyn,
                                        NiceTransRegistration, NiceTransAffineRegistration, VoxelMorphRegistration,
                                        LinearDeformableRegistration, NeuralFieldRegistration)
+}
+
+SEGMENTATION_METHODS: dict[str, type[SegmentationMethod]] = {
+    method.name: method for method in (AtlasPropagation,)
 }
 
 
@@ -46,5 +52,17 @@ def get_method(name: str) -> type[RegistrationMethod]:
     return method
 
 
-__all__ = ["FINISH", "METHODS", "available_methods", "get_method", "MethodOutput", "Progress",
-           "RegistrationInput", "RegistrationMethod"]
+def get_segmenter(name: str) -> type[SegmentationMethod]:
+    """The segmentation method class called ``name``; a clear error when it is unknown."""
+    if name not in SEGMENTATION_METHODS:
+        raise InputError(f"unknown segmentation method {name!r}; choose one of: {', '.join(SEGMENTATION_METHODS)}")
+    method = SEGMENTATION_METHODS[name]
+    missing = method.missing_requirements()
+    if missing:
+        raise InputError(f"segmentation method {name!r} needs {', '.join(missing)}; install it")
+    return method
+
+
+__all__ = ["FINISH", "METHODS", "SEGMENTATION_METHODS", "available_methods", "get_method", "get_segmenter",
+           "MethodOutput", "Progress", "RegistrationInput", "RegistrationMethod", "SegmentationMethod",
+           "SegmentationOutput"]
