@@ -26,17 +26,13 @@ NO_LAYER = ("—", None)
 
 
 class JobWidget(Container):
-    """A dock widget with moving/fixed (and label) layer pickers that runs one job at a time."""
+    """A dock widget that runs one job at a time (subclasses add their fields, see the module notes)."""
 
     run_text = "Run"
 
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__(labels=True)
         self.viewer = napari_viewer
-        self.moving = ComboBox(label="moving image", choices=self._volume_layers)
-        self.moving_labels = ComboBox(label="moving labels", choices=self._label_layers)
-        self.fixed = ComboBox(label="fixed image", choices=self._volume_layers)
-        self.fixed_labels = ComboBox(label="fixed labels", choices=self._label_layers)
         self.run_button = PushButton(text=self.run_text)
         self.cancel_button = PushButton(text="Cancel", enabled=False, tooltip="stop and keep nothing")
         self.finish_button = PushButton(text="Finish now", enabled=False,
@@ -53,7 +49,19 @@ class JobWidget(Container):
         for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
             event.connect(lambda _: self.reset_choices())
 
+    def image_picker(self, label: str) -> ComboBox:
+        """A combo box of the viewer's Image (and Labels) layers, kept up to date."""
+        return ComboBox(label=label, choices=self._volume_layers)
+
+    def labels_picker(self, label: str) -> ComboBox:
+        """A combo box of the viewer's Labels layers and '—' (none), kept up to date."""
+        return ComboBox(label=label, choices=self._label_layers)
+
     def pair_widgets(self) -> list:
+        """Moving and fixed image and label pickers (created on first use)."""
+        if not hasattr(self, "moving"):
+            self.moving, self.moving_labels = self.image_picker("moving image"), self.labels_picker("moving labels")
+            self.fixed, self.fixed_labels = self.image_picker("fixed image"), self.labels_picker("fixed labels")
         return [self.moving, self.moving_labels, self.fixed, self.fixed_labels]
 
     def run_widgets(self) -> list:
@@ -81,13 +89,28 @@ class JobWidget(Container):
 
         return [NO_LAYER] + [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Labels)]
 
+    def pick_layers(self, names: dict[str, str]) -> None:
+        """Preselect in each picker (attribute name) the layer of the given name, if there is one."""
+        for attribute, name in names.items():
+            if name in self.viewer.layers:
+                getattr(self, attribute).value = self.viewer.layers[name]
+
     def pick_default_layers(self) -> None:
         """Preselect layers named like the sample pair's (``moving``, ``fixed``, ``* labels``)."""
-        for combo, name in ((self.moving, "moving"), (self.fixed, "fixed"),
-                            (self.moving_labels, "moving labels"), (self.fixed_labels, "fixed labels")):
-            for layer in self.viewer.layers:
-                if layer.name == name:
-                    combo.value = layer
+        self.pick_layers({"moving": "moving", "fixed": "fixed", "moving_labels": "moving labels",
+                          "fixed_labels": "fixed labels"})
+
+    @staticmethod
+    def image_volume(layer, role: str):
+        """An Image layer as a volume; a clear InputError for none or a Labels layer."""
+        from napari.layers import Labels
+
+        if layer is None:
+            raise InputError(f"pick the {role} image layer (File ▸ Open Sample has a brain pair)")
+        if isinstance(layer, Labels):
+            raise InputError(f"layer {layer.name!r} is a Labels layer; pick an Image layer as the {role} image "
+                             f"(label maps go in '{role} labels')")
+        return layer_to_volume(layer)
 
     def pair_volumes(self) -> dict[str, Any]:
         """The picked layers as volumes (``moving``, ``fixed``, ``moving_labels``, ``fixed_labels``)."""

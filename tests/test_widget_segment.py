@@ -1,0 +1,53 @@
+"""The segmentation dock widget: atlas propagation on the sample pair, label names, Dice table."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture
+def errors(monkeypatch):
+    import napari.utils.notifications
+
+    shown = []
+    monkeypatch.setattr(napari.utils.notifications, "show_error", shown.append)
+    return shown
+
+
+def open_widget(viewer):
+    from warpseg._plugin._widget_segment import SegmentationWidget
+
+    viewer.open_sample("napari-warpseg", "brain_pair_2d")
+    widget = SegmentationWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Segment")
+    return widget
+
+
+def test_atlas_propagation_adds_a_named_label_layer_and_a_dice_table(make_napari_viewer, qtbot, sample_cache,
+                                                                      errors):
+    viewer = make_napari_viewer()
+    widget = open_widget(viewer)
+    assert (widget.image.value.name, widget.atlas.value.name, widget.reference.value.name) == (
+        "fixed", "moving", "fixed labels")
+    widget.registration.value = "sitk-demons"
+    widget.start()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
+    assert not errors
+    layer = viewer.layers["atlas-propagation: segmentation"]
+    assert type(layer).__name__ == "Labels" and layer.data.shape == viewer.layers["fixed"].data.shape
+    assert np.allclose(layer.affine.affine_matrix, viewer.layers["fixed"].affine.affine_matrix)
+    assert "name" in layer.features and len(set(layer.features["name"]) - {""}) >= 3
+    rows = widget.table.data.to_list()
+    assert len(rows) >= 3 and all(0.5 < row[2] <= 1.0 for row in rows) and all(row[1] for row in rows)
+    assert "mean Dice" in widget.scores.value
+
+
+def test_missing_atlas_labels_is_an_error_that_changes_nothing(make_napari_viewer, errors):
+    viewer = make_napari_viewer()
+    widget = open_widget(viewer)
+    widget.atlas_labels.value = None
+    names = [layer.name for layer in viewer.layers]
+    assert widget.start() is None and "needs an atlas" in errors[0]
+    assert [layer.name for layer in viewer.layers] == names
