@@ -1,9 +1,9 @@
 """Regenerate the screenshots under docs/ (run under xvfb-run from the repository root):
 
-    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python docs/make_screenshots.py
+    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python docs/make_screenshots.py [register|compare|segment]
 
-The result views come from the main job (`warpseg demo`); the compare view from the Compare widget
-on the 2D sample pair.
+The result views come from the main job (`warpseg demo`); the compare and segment views from
+those widgets on the 2D sample pair.
 """
 from __future__ import annotations
 
@@ -46,7 +46,33 @@ def compare_view() -> None:
     viewer.close()
 
 
+def segment_view() -> None:
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    from warpseg._plugin._widget_segment import SegmentationWidget
+
+    viewer = napari.Viewer(show=True)
+    viewer.open_sample("napari-warpseg", "brain_pair_2d")
+    widget = SegmentationWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Segment")
+    viewer.window.resize(1500, 950)
+    widget.start()
+    while widget.busy:
+        QApplication.instance().processEvents()
+        time.sleep(0.01)
+    for layer in viewer.layers:
+        layer.visible = layer.name in ("fixed", "atlas-propagation: segmentation")
+    viewer.layers["fixed"].colormap = "gray"
+    viewer.reset_view()
+    viewer.screenshot(str(DOCS / "segment.png"), canvas_only=False)
+    viewer.close()
+
+
 if __name__ == "__main__":
+    import sys
+
     warnings.filterwarnings("ignore")
-    result_views()
-    compare_view()
+    views = {"register": result_views, "compare": compare_view, "segment": segment_view}
+    for name in sys.argv[1:] or views:
+        views[name]()

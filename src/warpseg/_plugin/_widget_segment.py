@@ -45,6 +45,7 @@ class SegmentationWidget(JobWidget):
                      self.method_options, self.reference, *self.run_widgets(), self.scores, self.table])
         self.reserve_lines(self.about, 3)
         self.reserve_lines(self.log, 2)
+        self.reserve_lines(self.scores, 1)
         self.result: SegmentationResult | None = None
         self.method.changed.connect(self._describe_method)
         self.pick_layers({"image": "fixed", "atlas": "moving", "atlas_labels": "moving labels",
