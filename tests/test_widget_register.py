@@ -192,3 +192,20 @@ def test_finish_now_keeps_nirs_best_field_so_far_as_a_partial_result(make_napari
     assert not errors and widget.result is not None and widget.result.partial
     assert widget.result.details["iterations"] < 5000 and "partial" in widget.log.value
     assert "nir: warped" in viewer.layers and not job.running
+
+
+def test_a_registration_sent_to_a_dask_scheduler_comes_back_as_the_same_layers(make_napari_viewer, qtbot,
+                                                                                 sample_cache, errors):
+    distributed = pytest.importorskip("distributed")
+    viewer = make_napari_viewer()
+    widget = open_widget(viewer)
+    widget.method.value, widget.method_options.value = "sitk-demons", FAST_DEMONS
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  dashboard_address=None) as cluster:
+        widget.scheduler.value = cluster.scheduler_address
+        widget.start()
+        wait_until_idle(qtbot, widget)
+    assert not errors, errors
+    assert "sitk-demons: warped" in viewer.layers and widget.result is not None
+    assert np.allclose(viewer.layers["sitk-demons: warped"].affine.affine_matrix,
+                       viewer.layers["fixed"].affine.affine_matrix)

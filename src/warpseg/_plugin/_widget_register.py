@@ -39,13 +39,16 @@ class RegistrationWidget(JobWidget):
         self.weights = FileEdit(label="weights", mode="r", filter="*.pt", value="",
                                 tooltip="a checkpoint file (.pt); empty uses the shipped weights")
         self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda"], value="auto")
+        self.scheduler = LineEdit(label="run on", value="",
+                                  tooltip="a Dask scheduler address (e.g. tcp://gpu-server:8786) to run the job there; "
+                                          "empty: this computer")
         self.method_options = LineEdit(label="options", value="")
         self.metrics = Label(label="", value="")
         self.flicker = CheckBox(text="flicker fixed / warped", value=False)
         self.save_folder = FileEdit(label="save to", mode="d", value="")
         self.save_button = PushButton(text="Save results", enabled=False)
-        self.extend([*self.pair_widgets(), self.method, self.about, self.weights, self.device, self.method_options,
-                     *self.run_widgets(), self.metrics, self.flicker, self.save_folder, self.save_button])
+        self.extend([*self.pair_widgets(), self.method, self.about, self.weights, self.device, self.scheduler,
+                     self.method_options, *self.run_widgets(), self.metrics, self.flicker, self.save_folder, self.save_button])
         self.reserve_lines(self.about, 4)
         self.reserve_lines(self.log, 2)
         self.reserve_lines(self.metrics, 4, wrap=False)
@@ -78,7 +81,7 @@ class RegistrationWidget(JobWidget):
         except WarpsegError as error:
             raise InputError(str(error).replace("--option ", "")) from None
         return {**volumes, "method": self.method.value, "weights": weights, "device": self.device.value,
-                "options": options}
+                "options": options, "scheduler": self.scheduler.value.strip() or None}
 
     def prepare_job(self):
         from warpseg.engine import register
@@ -88,10 +91,14 @@ class RegistrationWidget(JobWidget):
         slice_at = self.slice_position(fixed)
         self._running_method, self._running_fixed = method, fixed
 
-        def make_job():
-            return register(request["moving"], fixed, method, moving_labels=request["moving_labels"],
-                            fixed_labels=request["fixed_labels"], weights=request["weights"],
-                            device=request["device"], options=request["options"])
+        def make_job():  # here, or on a Dask cluster (same contract, progress streams back)
+            arguments = {"moving_labels": request["moving_labels"], "fixed_labels": request["fixed_labels"],
+                         "weights": request["weights"], "device": request["device"], "options": request["options"]}
+            if request["scheduler"]:
+                from warpseg.batch.remote import remote_register
+
+                return remote_register(request["scheduler"], request["moving"], fixed, method, **arguments)
+            return register(request["moving"], fixed, method, **arguments)
 
         def finish(result):  # in the worker thread: every array the viewer will get
             return result, result_layers(result) + slice_overlays(result, *slice_at)
