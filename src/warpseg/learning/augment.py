@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from warpseg.spatial import affine_displacement, compose_displacements, warp_image, warp_labels
+from warpseg.spatial import affine_displacement, compose_displacements, gaussian_blur, warp_image, warp_labels
 
 
 def random_spatial_field(shape, generator: torch.Generator, *, rotation_deg: float = 8.0,
@@ -94,19 +94,8 @@ def synthesise_image(labels: torch.Tensor, generator: torch.Generator, num_label
 
 
 def blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur with a standard deviation of ``sigma`` voxels."""
-    radius = max(1, int(math.ceil(2 * sigma)))
-    kernel = torch.exp(-torch.arange(-radius, radius + 1, dtype=image.dtype) ** 2 / (2 * sigma**2))
-    kernel = kernel / kernel.sum()
-    ndim = image.dim() - 2
-    conv = F.conv2d if ndim == 2 else F.conv3d
-    for axis in range(ndim):
-        shape = [1, 1] + [1] * ndim
-        shape[2 + axis] = kernel.numel()
-        padding = [0] * ndim
-        padding[axis] = radius
-        image = conv(image, kernel.view(shape), padding=tuple(padding))
-    return image
+    """Gaussian blur with a standard deviation of ``sigma`` voxels (cut at 2 sigmas)."""
+    return gaussian_blur(image, sigma, truncate=2.0)
 
 
 def normalise(image: torch.Tensor) -> torch.Tensor:

@@ -40,26 +40,23 @@ def available_methods(ndim: int | None = None) -> list[str]:
 
 
 def get_method(name: str) -> type[RegistrationMethod]:
-    """The method class called ``name``; a clear error when it is unknown or not installed."""
-    if name not in METHODS:
-        raise InputError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}")
-    method = METHODS[name]
-    missing = method.missing_requirements()
-    if missing:
-        raise InputError(
-            f"method {name!r} needs {', '.join(missing)}; install it (pip install 'napari-warpseg[ants]')"
-        )
-    return method
+    """The registration method class called ``name``; a clear error when it is unknown or not installed."""
+    return _installed(METHODS, name, "method")
 
 
 def get_segmenter(name: str) -> type[SegmentationMethod]:
-    """The segmentation method class called ``name``; a clear error when it is unknown."""
-    if name not in SEGMENTATION_METHODS:
-        raise InputError(f"unknown segmentation method {name!r}; choose one of: {', '.join(SEGMENTATION_METHODS)}")
-    method = SEGMENTATION_METHODS[name]
+    """The segmentation method class called ``name``; a clear error when it is unknown or not installed."""
+    return _installed(SEGMENTATION_METHODS, name, "segmentation method")
+
+
+def _installed(registry: dict[str, type], name: str, kind: str) -> type:
+    if name not in registry:
+        raise InputError(f"unknown {kind} {name!r}; choose one of: {', '.join(registry)}")
+    method = registry[name]
     missing = method.missing_requirements()
     if missing:
-        raise InputError(f"segmentation method {name!r} needs {', '.join(missing)}; install it")
+        hint = " (pip install 'napari-warpseg[ants]')" if "ants" in missing else ""
+        raise InputError(f"{kind} {name!r} needs {', '.join(missing)}; install it{hint}")
     return method
 
 

@@ -71,13 +71,11 @@ class MethodOutput:
     partial: bool = False
 
 
-class RegistrationMethod(ABC):
-    """Base class of all methods; subclasses set the class attributes and implement :meth:`run`."""
+class Method(ABC):
+    """What every method has, registration or segmentation: a name, options, weights, requirements."""
 
     name: ClassVar[str]
     description: ClassVar[str]
-    iterative: ClassVar[bool] = False
-    can_finish_early: ClassVar[bool] = False
     needs_weights: ClassVar[bool] = False
     requires: ClassVar[tuple[str, ...]] = ()
 
@@ -91,6 +89,13 @@ class RegistrationMethod(ABC):
         from importlib.util import find_spec
 
         return [package for package in cls.requires if find_spec(package) is None]
+
+
+class RegistrationMethod(Method):
+    """Base class of registration methods; subclasses set the class attributes and implement :meth:`run`."""
+
+    iterative: ClassVar[bool] = False
+    can_finish_early: ClassVar[bool] = False
 
     @classmethod
     def has_shipped_weights(cls, ndim: int) -> bool:

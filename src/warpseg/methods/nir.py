@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from warpseg.methods.base import FINISH, MethodOutput, Progress, RegistrationInput, RegistrationMethod
 from warpseg.methods.sitk_runner import resolve_options
-from warpseg.spatial import (compose_displacements, folding_percent, integrate_velocity,
+from warpseg.spatial import (compose_displacements, folding_percent, gaussian_blur, integrate_velocity,
                              jacobian_determinant, sample_at, warp_image)
 
 NIR_DEFAULTS: dict[str, Any] = {
@@ -134,24 +134,6 @@ def voxels_per_unit(shape: tuple[int, ...], device) -> torch.Tensor:
     """Voxels of a lattice per normalised unit on each axis, ``(n - 1) / 2``: ``(1, ndim, 1, ...)``."""
     scale = torch.tensor([max(n - 1, 1) / 2.0 for n in shape], device=device)
     return scale.view(1, len(shape), *([1] * len(shape)))
-
-
-def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian smoothing (zero padding): ``(B, C, *S)`` in and out."""
-    if sigma <= 0:
-        return image
-    radius = max(1, int(math.ceil(2.5 * sigma)))
-    taps = torch.arange(-radius, radius + 1, dtype=image.dtype, device=image.device)
-    kernel = torch.exp(-taps**2 / (2 * sigma**2))
-    kernel = kernel / kernel.sum()
-    ndim, convolve = image.dim() - 2, (F.conv2d if image.dim() == 4 else F.conv3d)
-    for axis in range(ndim):
-        shape = [1, 1] + [1] * ndim
-        shape[2 + axis] = kernel.numel()
-        padding = [0] * ndim
-        padding[axis] = radius
-        image = convolve(image, kernel.view(shape), padding=tuple(padding))
-    return image
 
 
 def smoothed(image: torch.Tensor, factor: float) -> torch.Tensor:

@@ -1,14 +1,14 @@
 """The contract every segmentation method honours: an image in, a label map on its grid out."""
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from warpseg.methods.base import Progress
+from warpseg.methods.base import Method, Progress
 
 if TYPE_CHECKING:
     from warpseg.io import Volume
@@ -29,27 +29,13 @@ class SegmentationOutput:
     partial: bool = False
 
 
-class SegmentationMethod(ABC):
+class SegmentationMethod(Method):
     """Base class of segmentation methods; subclasses set the class attributes and :meth:`run`.
 
     ``needs_atlas`` methods get a labelled atlas (image and label map, any grid) from the caller.
     """
 
-    name: ClassVar[str]
-    description: ClassVar[str]
-    needs_weights: ClassVar[bool] = False
     needs_atlas: ClassVar[bool] = False
-    requires: ClassVar[tuple[str, ...]] = ()
-
-    def __init__(self, weights: str | None = None, **options: Any) -> None:
-        self.weights = weights
-        self.options = options
-
-    @classmethod
-    def missing_requirements(cls) -> list[str]:
-        from importlib.util import find_spec
-
-        return [package for package in cls.requires if find_spec(package) is None]
 
     @abstractmethod
     def run(self, image: Volume, *, atlas: tuple[Volume, Volume] | None, device: str
