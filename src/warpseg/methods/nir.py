@@ -46,6 +46,8 @@ NIR_DEFAULTS: dict[str, Any] = {
     "regularisation": 10.0,      # weight of the folding penalty mean(relu(margin - det J))
     "window": 9,                 # LNCC window, voxels of the sampled grid
     "downsize": 2,               # coarse-grid factor of the downsize sampler
+    "final_downsize": 0,         # the result is evaluated this much coarser, then upsampled (0: 1 in 2D,
+                                 # `downsize` in 3D, where a full-grid MLP pass costs far more than the fit)
     "patch_size": 32,            # patch side of the patch sampler, voxels
     "patches": 4,                # patches per step
     "hybrid_iterations": 200,    # downsize steps of the hybrid sampler before its patch steps
@@ -363,8 +365,15 @@ class FieldFit:
             return self.start if self.start is not None else torch.zeros(
                 (1, self.fixed.dim() - 2, *self.fixed.shape[2:]), device=self.device)
         shape = tuple(self.fixed.shape[2:])
-        residual = field_on_lattice(self.best_network(), normalised_grid(shape, self.device)[None],
-                                    voxels_per_unit(shape, self.device), self.settings)
+        factor = float(self.settings["final_downsize"]) or (
+            float(self.settings["downsize"]) if len(shape) == 3 else 1.0)
+        lattice = tuple(max(2, math.ceil(n / factor)) for n in shape) if factor > 1 else shape
+        residual = field_on_lattice(self.best_network(), normalised_grid(lattice, self.device)[None],
+                                    voxels_per_unit(lattice, self.device), self.settings)
+        if lattice != shape:  # lattice voxels -> full-grid voxels, then resample
+            residual = residual * (voxels_per_unit(shape, self.device) / voxels_per_unit(lattice, self.device))
+            residual = F.interpolate(residual, size=shape, mode="bilinear" if len(shape) == 2 else "trilinear",
+                                     align_corners=True)
         return composed(residual, self.start)
 
     @torch.no_grad()
