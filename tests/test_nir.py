@@ -185,3 +185,17 @@ def test_sending_finish_returns_the_best_field_so_far_through_the_engine():
         result = stop.value
     assert result.partial and result.details["iterations"] < 100
     assert result.metrics["ncc_after"] > result.metrics["ncc_before"]
+
+
+def test_unset_iterations_and_downsize_follow_the_dimension():
+    from warpseg.methods.nir import DIMENSION_DEFAULTS, NIR_DEFAULTS, FieldFit
+
+    for ndim, shape in ((2, (24, 24)), (3, (48, 48, 48))):
+        image = np.random.default_rng(0).random(shape).astype(np.float32)
+        fit = FieldFit(RegistrationInput(image, image, (1.0,) * ndim), dict(NIR_DEFAULTS))
+        assert fit.settings["iterations"] == DIMENSION_DEFAULTS["iterations"][ndim]
+        assert fit.settings["downsize"] == DIMENSION_DEFAULTS["downsize"][ndim]
+        assert FieldFit(RegistrationInput(image, image, (1.0,) * ndim),
+                        {**NIR_DEFAULTS, "iterations": 7}).settings["iterations"] == 7
+    small = np.random.default_rng(0).random((20, 24, 24)).astype(np.float32)  # lattice >= one LNCC window
+    assert FieldFit(RegistrationInput(small, small, (1.0,) * 3), dict(NIR_DEFAULTS)).settings["downsize"] == 2.0

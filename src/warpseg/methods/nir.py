@@ -41,11 +41,11 @@ from warpseg.spatial import (compose_displacements, folding_percent, gaussian_bl
 NIR_DEFAULTS: dict[str, Any] = {
     "mode": "diffeomorphic",     # "displacement" or "diffeomorphic" (stationary velocity)
     "sampler": "downsize",       # "downsize", "patch" or "hybrid"
-    "iterations": 150,           # Adam steps in all
+    "iterations": 0,             # Adam steps in all (0: 150 in 2D, 40 in 3D; see DIMENSION_DEFAULTS)
     "learning_rate": 1.5e-3,
     "regularisation": 10.0,      # weight of the folding penalty mean(relu(margin - det J))
     "window": 9,                 # LNCC window, voxels of the sampled grid
-    "downsize": 2,               # coarse-grid factor of the downsize sampler
+    "downsize": 0,               # coarse-grid factor of the downsize sampler (0: 2 in 2D, 4 in 3D)
     "final_downsize": 0,         # the result is evaluated this much coarser, then upsampled (0: 1 in 2D,
                                  # `downsize` in 3D, where a full-grid MLP pass costs far more than the fit)
     "patch_size": 32,            # patch side of the patch sampler, voxels
@@ -62,6 +62,10 @@ NIR_DEFAULTS: dict[str, Any] = {
                                  # this small MLP on a busy CPU (10x faster than 2 in our bench)
     "preview_every": 10,         # iterations between progress records with a preview
     "max_seconds": None,         # stop after this long and return the best field, marked partial
+}
+DIMENSION_DEFAULTS = {  # chosen on the dev pairs (BENCHMARKS.md): 3D trades iterations for time
+    "iterations": {2: 150, 3: 40},
+    "downsize": {2: 2, 3: 4},
 }
 FOLD_MARGIN = 0.05           # det J below this is penalised
 PREVIEW_SIZE = 64            # previews have at most this many pixels per axis
@@ -294,7 +298,11 @@ class FieldFit:
 
     def __init__(self, pair: RegistrationInput, settings: dict[str, Any],
                  initial: np.ndarray | None = None) -> None:
-        self.settings = settings
+        self.settings = {**settings, **{key: by_ndim[pair.ndim] for key, by_ndim in DIMENSION_DEFAULTS.items()
+                                        if not settings[key]}}
+        if not settings["downsize"] and pair.ndim == 3:  # small volumes: the lattice keeps an LNCC window
+            fitting = min(pair.fixed.shape) / (int(settings["window"]) + 1.0)
+            self.settings["downsize"] = max(1.0, min(float(self.settings["downsize"]), fitting))
         self.device = torch.device(pair.device)
         self.moving, self.fixed = (torch.as_tensor(np.asarray(image, np.float32), device=self.device)[None, None]
                                    for image in (pair.moving, pair.fixed))
