@@ -182,14 +182,19 @@ def _run_methods(args) -> int:
         print(f"  {name:18s} {state:14s} {method.description}")
     print("segmentation (warpseg segment --method NAME):")
     for name, method in SEGMENTATION_METHODS.items():
-        state = "needs an atlas" if method.needs_atlas else "ready"
+        if method.needs_weights:
+            shipped = [f"{ndim}D" for ndim in (2, 3) if method.has_shipped_weights(ndim)]
+            state = f"weights {'+'.join(shipped)}" if shipped else "no weights"
+        else:
+            state = "needs an atlas" if method.needs_atlas else "ready"
         print(f"  {name:18s} {state:14s} {method.description}")
     return 0
 
 
 def _add_train(commands) -> None:
     command = commands.add_parser("train", help="train a learned method on the shared data; writes a checkpoint")
-    command.add_argument("method", help="nice-trans, vxm, vxm-diff or lindef")
+    command.add_argument("method", help="registration: nice-trans, vxm, vxm-diff or lindef; few-shot segmentation: "
+                         "nice-transeg or seg-unet (with --labels and --shots)")
     command.add_argument("--data", type=Path, default=None, help="shared data folder (default: $WARPSEG_DATA or ../shared/data)")
     command.add_argument("--ndim", type=int, choices=[2, 3], required=True)
     command.add_argument("--out", type=Path, required=True, help="checkpoint file to write (.pt)")
@@ -201,7 +206,17 @@ def _add_train(commands) -> None:
                          help="image similarity: mse, lncc, mi or a weighted sum such as 'mi:0.5,lncc:0.5' (default: lncc)")
     command.add_argument("--dice-weight", type=float, default=1.0, help="weight of the label Dice term (0: unsupervised)")
     command.add_argument("--validate-every", type=int, default=250)
-    command.add_argument("--validation-subjects", default="vxm", help="comma-separated held-out subjects")
+    command.add_argument("--validation-subjects", default=None,
+                         help="comma-separated held-out subjects (default vxm; subjY for --labels seg35)")
+    command.add_argument("--labels", default="seg4", choices=["seg4", "seg35"],
+                         help="segmentation methods: label set to learn (seg35 is 1-shot: only vxm is labelled)")
+    command.add_argument("--shots", type=int, default=None,
+                         help="segmentation methods: K labelled atlases, real subjects first, then SynthSeg maps "
+                              "(default 5 for seg4, 1 for seg35)")
+    command.add_argument("--segmentation-weight", type=float, default=1.0,
+                         help="segmentation methods: weight of weighted cross-entropy + Dice on the labelled atlas")
+    command.add_argument("--consistency-weight", type=float, default=1.0,
+                         help="nice-transeg: weight of Dice(S_F, S_M o phi) coupling the fixed segmentation to the warped moving one")
     command.add_argument("--label-maps", type=int, default=15, help="SynthSeg label maps used for synthetic images")
     command.add_argument("--spacing", type=float, default=None,
                          help="3D training grid spacing in mm (default 2; coarser trains faster, recorded in the checkpoint)")
@@ -223,13 +238,24 @@ def _run_train(args) -> int:
     from warpseg.learning.registry import training_default
     from warpseg.learning.train import TrainingConfig, train_registration
 
+    from warpseg.learning.few_shot import default_validation_subjects
+    from warpseg.learning.registry import SEGMENTATION_NETWORKS
+
     smoothness = args.smoothness if args.smoothness is not None else training_default(args.method, "smoothness", 1.0)
+    segmenting = args.method in SEGMENTATION_NETWORKS
+    if args.validation_subjects:
+        validation = tuple(args.validation_subjects.split(","))
+    else:
+        validation = default_validation_subjects(args.labels) if segmenting else ("vxm",)
+    shots = args.shots if args.shots is not None else (1 if args.labels == "seg35" else 5)
     config = TrainingConfig(
         method=args.method, ndim=args.ndim, data=str(args.data or default_data_dir()), steps=args.steps,
         learning_rate=args.lr, smoothness=smoothness, dice_weight=args.dice_weight, similarity=args.similarity,
         seed=args.seed,
-        validate_every=args.validate_every, validation_subjects=tuple(args.validation_subjects.split(",")),
-        label_maps=args.label_maps, spacing=args.spacing, device=resolve_device(args.device), model_options=parse_options(args.model_option))
+        validate_every=args.validate_every, validation_subjects=validation,
+        label_maps=args.label_maps, spacing=args.spacing, device=resolve_device(args.device),
+        model_options=parse_options(args.model_option), labels=args.labels, shots=shots,
+        segmentation_weight=args.segmentation_weight, consistency_weight=args.consistency_weight)
     printer = ProgressPrinter(f"train {args.method}", 5.0) if is_main_process() else None
     path = run_to_end(train_registration(config, args.out, resume=args.resume, distributed=args.distributed), printer)
     if is_main_process():

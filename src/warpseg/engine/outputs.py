@@ -17,8 +17,9 @@ def write_result(result: RegistrationResult, out_dir: str | Path) -> list[Path]:
     """Write the register contract's files into ``out_dir``; nothing appears there on failure.
 
     Files: ``warped.nii.gz``, ``warped_labels.nii.gz`` (with moving labels),
-    ``displacement.nii.gz`` (ITK convention; 2D also ``displacement.mha``), ``jacobian.nii.gz``
-    and ``result.json``. They are written to a temporary folder beside ``out_dir`` and moved
+    ``displacement.nii.gz`` (ITK convention; 2D also ``displacement.mha``), ``jacobian.nii.gz``,
+    ``result.json`` and, for methods that also segment, ``<name>.nii.gz`` per segmentation (e.g.
+    ``moving_segmentation``, ``fixed_segmentation``, with ``.labels.json`` label names). They are written to a temporary folder beside ``out_dir`` and moved
     into place at the end; other files already in ``out_dir`` are left alone.
     """
     return write_atomically(lambda folder: _write_all(result, folder), out_dir)
@@ -52,6 +53,8 @@ def _write_all(result: RegistrationResult, folder: Path) -> None:
     if result.fixed.ndim == 2:
         write_itk_displacement(result.displacement, result.fixed, folder / "displacement.mha")
     write_volume(result.jacobian, folder / "jacobian.nii.gz")
+    for name, segmentation in result.segmentations.items():  # label names go to <name>.labels.json
+        write_volume(segmentation, folder / f"{name}.nii.gz")
     (folder / "result.json").write_text(json.dumps(result.summary(), indent=2, default=json_default) + "\n")
 
 

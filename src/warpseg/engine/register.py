@@ -12,6 +12,7 @@ from warpseg.engine.validate import check_pair
 from warpseg.io.landmarks import Landmarks, check_landmarks_inside, landmark_metrics
 from warpseg.io.volume import Volume
 from warpseg.methods import MethodOutput, Progress, RegistrationInput, get_method
+from warpseg.methods.segmenter import SEGMENTATIONS_KEY
 
 RegistrationJob = Generator[Progress, None, RegistrationResult]
 
@@ -124,12 +125,26 @@ def assemble_result(moving: Volume, fixed: Volume, moving_labels: Volume | None,
             metrics.update(label_metrics(warped_labels.array, fixed_labels.array, spacing))
     if landmarks is not None:
         metrics.update(landmark_metrics(landmarks, np.asarray(output.displacement), fixed))
+    details = dict(output.details)
+    segmentations = segmentation_volumes(details.pop(SEGMENTATIONS_KEY, {}), moving, fixed)
     return RegistrationResult(
         method="", fixed=fixed, warped=warped, displacement=np.asarray(output.displacement, np.float32),
         jacobian=fixed.with_array(determinant, is_labels=False), metrics=metrics,
         seconds_registration=0.0, seconds_total=0.0, warped_labels=warped_labels,
-        partial=output.partial, details=dict(output.details),
+        partial=output.partial, details=details, segmentations=segmentations,
     )
+
+
+def segmentation_volumes(predicted: dict, moving: Volume, fixed: Volume) -> dict[str, Volume]:
+    """A method's label maps on the fixed grid as volumes; ``moving_segmentation`` goes back onto
+    the moving image's own grid (nearest neighbour) so that it overlays the moving image."""
+    volumes = {}
+    for name, (labels, label_names) in predicted.items():
+        volume = Volume(np.asarray(labels), fixed.affine, is_labels=True, label_names=label_names)
+        if name == "moving_segmentation":
+            volume = on_fixed_grid(volume, moving)
+        volumes[name] = volume
+    return volumes
 
 
 def run_to_end(job: RegistrationJob, on_progress=None) -> RegistrationResult:

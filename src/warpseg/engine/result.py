@@ -34,6 +34,9 @@ class RegistrationResult:
     warped_labels: Volume | None = None
     partial: bool = False
     details: dict[str, Any] = field(default_factory=dict)
+    segmentations: dict[str, Volume] = field(default_factory=dict)
+    """Label maps a method predicts besides the warp (NICE-Transeg: ``moving_segmentation`` on the
+    moving image's grid, ``fixed_segmentation`` on the fixed grid), written as ``<name>.nii.gz``."""
 
     def displacement_mm(self) -> np.ndarray:
         """World (RAS) displacement vectors in mm, shape ``(*S, 3)``."""
@@ -49,5 +52,6 @@ class RegistrationResult:
             "seconds_registration": round(self.seconds_registration, 4),
             "seconds_total": round(self.seconds_total, 4),
             **self.metrics,
+            **({"segmentations": sorted(self.segmentations)} if self.segmentations else {}),
             "details": self.details,
         }

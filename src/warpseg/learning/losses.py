@@ -158,3 +158,48 @@ def soft_dice(predicted: torch.Tensor, reference: torch.Tensor, eps: float = 1e-
 def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """``(B, 1, *S)`` integer labels to ``(B, num_classes, *S)`` float one-hot."""
     return torch.movedim(F.one_hot(labels[:, 0].long(), num_classes), -1, 1).float()
+
+
+def class_weights(labels: torch.Tensor, num_classes: int, eps: float = 1.0) -> torch.Tensor:
+    """Cross-entropy class weights ``1 / sqrt(voxel share)``, scaled to a mean of 1 over present classes.
+
+    Shapes
+    ------
+    labels ``(B, 1, *S)`` integer; returns ``(num_classes,)`` (absent classes get weight 0).
+    """
+    counts = torch.bincount(labels.reshape(-1).long(), minlength=num_classes)[:num_classes].float()
+    present = counts > 0
+    weights = torch.where(present, (counts.sum() / (counts + eps)).sqrt(), torch.zeros_like(counts))
+    return weights / weights[present].mean()
+
+
+class SegmentationLoss(torch.nn.Module):
+    """Weighted cross-entropy + (1 - soft Dice) of label logits against an integer label map.
+
+    The weights (:func:`class_weights`) come from the label map itself, so rare structures count.
+
+    Shapes
+    ------
+    ``forward(logits, labels)``: logits ``(B, L, *S)``, labels ``(B, 1, *S)`` integer; returns
+    ``{"cross_entropy", "dice"}`` scalars.
+    """
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        num_classes = logits.shape[1]
+        weights = class_weights(labels, num_classes).to(logits)
+        cross_entropy = F.cross_entropy(logits, labels[:, 0].long(), weight=weights)
+        dice = 1.0 - soft_dice(torch.softmax(logits, dim=1), one_hot(labels, num_classes))
+        return {"cross_entropy": cross_entropy, "dice": dice}
+
+
+def probability_dice_loss(first: torch.Tensor, second: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """``1 -`` mean soft Dice over the foreground channels of two probability maps (both differentiable).
+
+    Shapes
+    ------
+    first, second ``(B, L, *S)``, channel 0 background; returns a scalar.
+    """
+    dims = tuple(range(2, first.dim()))
+    overlap = (first * second).sum(dims)
+    total = first.sum(dims) + second.sum(dims)
+    return 1.0 - ((2 * overlap + eps) / (total + eps))[:, 1:].mean()

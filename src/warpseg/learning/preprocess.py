@@ -92,3 +92,19 @@ def _resize(tensor: torch.Tensor, shape, mode: str) -> torch.Tensor:
         return F.interpolate(tensor.float(), size=shape, mode="nearest").to(tensor.dtype)
     interpolation = "bilinear" if len(shape) == 2 else "trilinear"
     return F.interpolate(tensor, size=shape, mode=interpolation, align_corners=True)
+
+
+def probabilities_to_native_grid(probabilities: torch.Tensor, grid: GridMap) -> torch.Tensor:
+    """Crop and linearly resize class probabilities (or logits) from the model grid to the native grid.
+
+    Take the argmax afterwards for labels: resampling probabilities, not labels, keeps boundaries
+    smooth when the model grid is coarser than the input.
+
+    Shapes
+    ------
+    probabilities: ``(B, L, *padded_shape)``; returns ``(B, L, *native_shape)``.
+    """
+    cropped = grid.crop(probabilities)
+    if grid.resized_shape == grid.native_shape:
+        return cropped
+    return _resize(cropped, grid.native_shape, "linear")

@@ -13,16 +13,21 @@ TRAINING_DEFAULTS: dict[str, dict] = {
 }
 """Per-method defaults for training options the user did not set (others: TrainingConfig's)."""
 
+SEGMENTATION_NETWORKS = ("nice-transeg", "seg-unet")
+"""Methods trained few-shot on labelled atlases (``--labels``, ``--shots``) instead of as registration."""
+
 
 def new_model(method: str, ndim: int, **options) -> torch.nn.Module:
     """A freshly initialised network for ``method`` (``options`` override its constructor defaults)."""
-    from warpseg.models import LinearDeformable, NiceTrans, VoxelMorph
+    from warpseg.models import LinearDeformable, NiceTrans, NiceTranseg, SegmentationUNet, VoxelMorph
 
     builders = {
         "nice-trans": lambda: NiceTrans(ndim=ndim, **options),
         "vxm": lambda: VoxelMorph(ndim=ndim, **options),
         "vxm-diff": lambda: VoxelMorph(ndim=ndim, integration_steps=7, **options),
         "lindef": lambda: LinearDeformable(ndim=ndim, **options),
+        "nice-transeg": lambda: NiceTranseg(ndim=ndim, **options),
+        "seg-unet": lambda: SegmentationUNet(ndim=ndim, **options),
     }
     if method not in builders:
         raise InputError(f"no trainable network for {method!r}; choose one of: {', '.join(builders)}")

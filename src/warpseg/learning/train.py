@@ -1,10 +1,17 @@
-"""The training loop shared by learned registration methods: seeded, resumable, validated, with ETA."""
+"""The training loop shared by learned methods: seeded, resumable, validated, with ETA.
+
+What differs between registration and (few-shot) segmentation training, namely the data, the loss
+of one pair, the validation and what the checkpoint records, is a :class:`TrainingTask`;
+:func:`registration_task` is defined here, the segmentation one in
+:mod:`warpseg.learning.segmentation_training`.
+"""
 from __future__ import annotations
 
 import shlex
 import sys
 import time
 from collections.abc import Generator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -37,6 +44,55 @@ class TrainingConfig:
     spacing: float | None = None  # training grid spacing in mm (None: TARGET_SPACING for ndim)
     device: str = "cpu"
     model_options: dict = field(default_factory=dict)
+    labels: str = "seg4"  # label set of segmentation methods: seg4 or seg35
+    shots: int = 5  # K labelled atlases of few-shot segmentation training
+    segmentation_weight: float = 1.0  # weighted cross-entropy + Dice on the labelled atlas
+    consistency_weight: float = 1.0  # Dice(S_F, S_M o phi)
+
+
+@dataclass
+class TrainingTask:
+    """What a kind of training brings to the shared loop.
+
+    ``load_data()`` gives an object with ``sample(generator)`` (a pair dict) and ``spacing``;
+    ``loss_terms(model, loss_function, pair, device)`` the differentiable terms (``"total"``);
+    ``validate(model, data, device)`` a dict of scores; ``describe(scores)`` a one-line summary;
+    ``data_record(data)`` the checkpoint's ``training["data"]``; ``checkpoint_extra(data)`` more
+    top-level checkpoint entries; ``model_options`` constructor options the data decides.
+    """
+
+    loss_function: torch.nn.Module
+    load_data: Callable
+    loss_terms: Callable
+    validate: Callable
+    describe: Callable
+    data_record: Callable
+    checkpoint_extra: Callable = lambda data: {}
+    model_options: dict = field(default_factory=dict)
+
+
+def registration_task(config: TrainingConfig) -> TrainingTask:
+    """Unsupervised registration (with the seg4 Dice term) on :class:`RegistrationData`."""
+    return TrainingTask(
+        loss_function=RegistrationLoss(config.ndim, smoothness=config.smoothness, dice_weight=config.dice_weight,
+                                       similarity=config.similarity),
+        load_data=lambda: RegistrationData(config.data, config.ndim, config.validation_subjects,
+                                           config.label_maps, spacing=config.spacing),
+        loss_terms=pair_loss_terms, validate=validate,
+        describe=lambda scores: f"validation Dice {scores['dice']:.3f} (before {scores['dice_before']:.3f})",
+        data_record=lambda data: {"training_subjects": data.sources,
+                                  "validation_subjects": [s.name for s in data.validation]})
+
+
+def build_task(config: TrainingConfig) -> TrainingTask:
+    """The task of ``config.method``: few-shot segmentation or registration."""
+    from warpseg.learning.registry import SEGMENTATION_NETWORKS
+
+    if config.method in SEGMENTATION_NETWORKS:
+        from warpseg.learning.segmentation_training import segmentation_task
+
+        return segmentation_task(config)
+    return registration_task(config)
 
 
 def train_registration(config: TrainingConfig, out: Path, *, resume: bool = False,
@@ -69,11 +125,10 @@ def _train(config: TrainingConfig, out: Path, resume: bool, context) -> Generato
     from warpseg.learning.registry import new_model
 
     rank, world_size, device = (context.rank, context.world_size, context.device) if context else (0, 1, config.device)
-    loss_function = RegistrationLoss(config.ndim, smoothness=config.smoothness, dice_weight=config.dice_weight,
-                                     similarity=config.similarity)
+    task = build_task(config)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(rank_seed(config.seed, rank))
-    model = new_model(config.method, config.ndim, **config.model_options).to(device)
+    model = new_model(config.method, config.ndim, **{**task.model_options, **config.model_options}).to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     state_file = out.with_suffix(".state.pt")
     history, step = [], 0
@@ -81,12 +136,12 @@ def _train(config: TrainingConfig, out: Path, resume: bool, context) -> Generato
         step, history = _resume(state_file, model, optimiser, generator, rank)
     stepping_model = wrap_model(model, context) if context else model
     yield Progress("train", step, config.steps, "loading training data")
-    data = RegistrationData(config.data, config.ndim, config.validation_subjects, config.label_maps,
-                            spacing=config.spacing)
+    data = task.load_data()
     started, first_step, running = time.perf_counter(), step, []
     while step < config.steps:
         model.train()
-        terms = training_step(stepping_model, optimiser, loss_function, data.sample(generator), device)
+        terms = training_step(stepping_model, optimiser, task.loss_function, data.sample(generator), device,
+                              task.loss_terms)
         step += 1
         running.append(terms["total"])
         if step % 10 == 0 or step == config.steps:
@@ -97,14 +152,13 @@ def _train(config: TrainingConfig, out: Path, resume: bool, context) -> Generato
             generators = gather_from_ranks(generator.get_state()) if context else None
             if rank != 0:
                 continue
-            scores = validate(model, data, device)
+            scores = task.validate(model, data, device)
             history.append({"step": step, **scores})
-            yield Progress("validate", step, config.steps, f"validation Dice {scores['dice']:.3f} "
-                           f"(before {scores['dice_before']:.3f})")
+            yield Progress("validate", step, config.steps, task.describe(scores))
             torch.save({"model": model.state_dict(), "optimiser": optimiser.state_dict(), "step": step,
                         "generator": generator.get_state(), "history": history,
                         **({"generators": generators} if generators else {})}, state_file)
-            _write(out, model, config, data, history, time.perf_counter() - started, world_size)
+            _write(out, model, config, task, data, history, time.perf_counter() - started, world_size)
     return out
 
 
@@ -123,9 +177,13 @@ def _resume(state_file: Path, model, optimiser, generator: torch.Generator, rank
     return state["step"], state["history"]
 
 
-def training_step(model, optimiser, loss_function, pair: dict, device: str) -> dict[str, float]:
-    """One optimisation step on one pair; returns the loss terms as floats."""
-    terms = pair_loss_terms(model, loss_function, pair, device)
+def training_step(model, optimiser, loss_function, pair: dict, device: str,
+                  loss_terms: Callable | None = None) -> dict[str, float]:
+    """One optimisation step on one pair; returns the loss terms as floats.
+
+    ``loss_terms(model, loss_function, pair, device)`` defaults to :func:`pair_loss_terms`.
+    """
+    terms = (loss_terms or pair_loss_terms)(model, loss_function, pair, device)
     optimiser.zero_grad(set_to_none=True)
     terms["total"].backward()
     optimiser.step()
@@ -167,17 +225,18 @@ def validate(model, data: RegistrationData, device: str) -> dict[str, float]:
     return {"dice": float(np.mean(after)), "dice_before": float(np.mean(before)), "pairs": len(after)}
 
 
-def _write(out: Path, model, config: TrainingConfig, data: RegistrationData, history: list, seconds: float,
+def _write(out: Path, model, config: TrainingConfig, task: TrainingTask, data, history: list, seconds: float,
            world_size: int = 1) -> None:
     preprocessing = Preprocessing(target_spacing=data.spacing, size_multiple=model.size_multiple)
     training = {
         "command": "warpseg " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else None,
         "config": {**asdict(config), "validation_subjects": list(config.validation_subjects)},
-        "data": {"training_subjects": data.sources, "validation_subjects": [s.name for s in data.validation]},
+        "data": task.data_record(data),
         "validation": history[-1] if history else None, "history": history, "seconds": round(seconds, 1),
         "world_size": world_size, "torch": str(torch.__version__),
     }
-    save_checkpoint(out, method=config.method, model=model, preprocessing=preprocessing.as_dict(), training=training)
+    save_checkpoint(out, method=config.method, model=model, preprocessing=preprocessing.as_dict(), training=training,
+                    extra=task.checkpoint_extra(data))
 
 
 def _clock(seconds: float) -> str:

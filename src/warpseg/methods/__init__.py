@@ -1,4 +1,4 @@
-"""Registry of registration methods: every method is reachable by its name."""
+"""Registry of registration and segmentation methods: every method is reachable by its name."""
 from __future__ import annotations
 
 from warpseg.errors import InputError
@@ -12,17 +12,20 @@ from warpseg.methods.atlas_propagation import AtlasPropagation
 from warpseg.methods.identity import Identity
 from warpseg.methods.lindef import LinearDeformableRegistration
 from warpseg.methods.nir import NeuralFieldRegistration
+from warpseg.methods.learned_segmentation import SegmentationUNetSegmentation
 from warpseg.methods.nice_trans import NiceTransAffineRegistration, NiceTransRegistration
+from warpseg.methods.nice_transeg import NiceTransegRegistration, NiceTransegSegmentation
 from warpseg.methods.voxelmorph import VoxelMorphRegistration
 
 METHODS: dict[str, type[RegistrationMethod]] = {
     method.name: method for method in (Identity, SitkAffine, SitkBspline, SitkDemons, AntsSyn,
-                                       NiceTransRegistration, NiceTransAffineRegistration, VoxelMorphRegistration,
+                                       NiceTransRegistration, NiceTransAffineRegistration, NiceTransegRegistration,
+                                       VoxelMorphRegistration,
                                        LinearDeformableRegistration, NeuralFieldRegistration)
 }
 
 SEGMENTATION_METHODS: dict[str, type[SegmentationMethod]] = {
-    method.name: method for method in (AtlasPropagation,)
+    method.name: method for method in (AtlasPropagation, NiceTransegSegmentation, SegmentationUNetSegmentation)
 }
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import time
-from importlib.resources import files
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -10,7 +9,12 @@ import numpy as np
 
 from warpseg.errors import InputError
 from warpseg.methods.base import MethodOutput, Progress, RegistrationInput, RegistrationMethod
+from warpseg.methods.learned_inference import (
+    load_learned_model, model_grid, resolve_weights, shipped_weights, to_model_grid,
+)
 from warpseg.methods.nir import NIR_DEFAULTS
+
+__all__ = ["LearnedRegistration", "refine_defaults", "refine_settings", "shipped_weights"]
 
 
 def refine_defaults() -> dict[str, Any]:
@@ -26,11 +30,6 @@ def refine_settings(settings: dict[str, Any]) -> dict[str, Any]:
     return {**NIR_DEFAULTS, **picked, "iterations": int(settings["refine"])}
 
 
-def shipped_weights(method: str, ndim: int) -> Path:
-    """Path of the weights shipped in the package for ``method`` in ``ndim`` dimensions."""
-    return Path(str(files("warpseg") / "weights" / f"{method}_{ndim}d.pt"))
-
-
 class LearnedRegistration(RegistrationMethod):
     """A network that maps (moving, fixed) to a displacement in one forward pass.
 
@@ -40,6 +39,8 @@ class LearnedRegistration(RegistrationMethod):
 
     needs_weights: ClassVar[bool] = True
     output_key: ClassVar[str] = "displacement"
+    training_hint: ClassVar[str] = ""
+    """Options after ``warpseg train NAME --ndim N`` in the no-weights message (e.g. ``" --labels seg4"``)."""
 
     defaults: ClassVar[dict[str, Any]] = refine_defaults()
 
@@ -51,47 +52,38 @@ class LearnedRegistration(RegistrationMethod):
             return False
 
     def weights_path(self, ndim: int) -> Path:
-        if self.weights:
-            return Path(self.weights)
-        path = shipped_weights(self.name, ndim)
-        if not path.is_file():
-            raise InputError(f"no shipped {ndim}D weights for {self.name}; train some with "
-                             f"`warpseg train {self.name} --ndim {ndim}` and pass --weights")
-        return path
+        return resolve_weights(self.name, self.weights, ndim, self.training_hint)
 
     def run(self, pair: RegistrationInput):
         import torch
 
-        from warpseg.learning.checkpoint import load_checkpoint
+        from warpseg.learning.preprocess import field_to_native_grid
         from warpseg.methods.nir import check_settings
         from warpseg.methods.sitk_runner import resolve_options
-        from warpseg.learning.preprocess import (Preprocessing, field_to_native_grid, image_to_model_grid,
-                                                 plan_grid)
 
         settings = resolve_options(refine_defaults(), self.options, self.name)
         refine = check_settings(refine_settings(settings), self.name) if settings["refine"] > 0 else None
         path = self.weights_path(pair.ndim)
-        model, checkpoint = load_checkpoint(path, pair.device)
-        model_ndim = checkpoint["model"]["config"].get("ndim")
-        if model_ndim != pair.ndim:
-            raise InputError(f"{path} holds a {model_ndim}D model but the images are {pair.ndim}D; "
-                             f"give {pair.ndim}D weights")
+        model, checkpoint = load_learned_model(path, pair.ndim, pair.device)
         yield Progress("register", 0, 1, f"{self.name}: one forward pass")
         started = time.perf_counter()
-        preprocessing = Preprocessing(**checkpoint["preprocessing"])
-        grid = plan_grid(pair.fixed.shape, pair.spacing, preprocessing)
+        grid = model_grid(pair.fixed.shape, pair.spacing, checkpoint)
         with torch.inference_mode():
-            moving, fixed = (image_to_model_grid(torch.as_tensor(a, device=pair.device)[None, None], grid)
-                             for a in (pair.moving, pair.fixed))
+            moving, fixed = (to_model_grid(a, grid, pair.device) for a in (pair.moving, pair.fixed))
             outputs = model(moving, fixed, **self.forward_options())
             field = field_to_native_grid(outputs[self.output_key], grid)[0].float().cpu().numpy()
+            extra = self.extra_details(outputs, grid, checkpoint)
         seconds = time.perf_counter() - started
         yield Progress("register", 1, 1, f"{self.name}: done in {seconds * 1000:.0f} ms")
         details = {"weights_file": str(path), "seconds_inference": seconds,
-                   "trained": {k: checkpoint["training"].get(k) for k in ("command", "validation")}}
+                   "trained": {k: checkpoint["training"].get(k) for k in ("command", "validation")}, **extra}
         if refine is None:
             return MethodOutput(field.astype(np.float32), details=details)
         return (yield from self.refined(pair, field, refine, details))
+
+    def extra_details(self, outputs: dict, grid, checkpoint: dict) -> dict[str, Any]:
+        """More entries for :attr:`MethodOutput.details` from the forward pass (none by default)."""
+        return {}
 
     def refined(self, pair: RegistrationInput, field: np.ndarray, settings: dict[str, Any],
                 details: dict[str, Any]):

@@ -14,6 +14,13 @@ if TYPE_CHECKING:
     from warpseg.io import Volume
 
 
+SEGMENTATIONS_KEY = "segmentations"
+"""Key of :attr:`MethodOutput.details` under which a registration method that also segments returns
+``{name: (labels, label_names)}`` (labels on the fixed grid); the engine turns them into
+``RegistrationResult.segmentations`` and writes ``<name>.nii.gz``, keeping the arrays out of
+``result.json``."""
+
+
 @dataclass
 class SegmentationOutput:
     """A label map on the input image's grid, its label names, and what the method reports.

@@ -177,11 +177,15 @@ class NiceTrans(nn.Module):
         self.affine_head = AffineHead(ndim, coarsest) if self.affine else None
         state_widths = widths[1:] + [coarsest]  # decoder state entering each level
         self.fuse = nn.ModuleList(
-            [conv(2 * width + state, width, 1) for width, state in zip(widths, state_widths)])
+            [conv(self.fuse_width(width, state), width, 1) for width, state in zip(widths, state_widths)])
         self.refine = nn.ModuleList([ConvActivation(ndim, widths[0], widths[0])] + [
             SwinBlockPair(width, head, ndim, self.window, self.mlp_ratio)
             for width, head in zip(widths[1:], self.heads)])
         self.displacement_heads = nn.ModuleList([displacement_head(ndim, width) for width in widths])
+
+    def fuse_width(self, width: int, state: int) -> int:
+        """Input channels of a level's fuse conv: fixed and warped moving features plus the state."""
+        return 2 * width + state
 
     def encode(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Features of every level, fine to coarse: ``(B, channels[k], *S / 2**k)``."""
@@ -194,24 +198,47 @@ class NiceTrans(nn.Module):
     def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> dict:
         check_image_pair(moving, fixed, ndim=self.ndim, in_channels=self.in_channels,
                          size_multiple=self.size_multiple)
-        both = self.encode(torch.cat([moving, fixed], dim=0))
-        batch = moving.shape[0]
-        moving_features = [f[:batch] for f in both]
-        fixed_features = [f[batch:] for f in both]
-        state = self.affine_fuse(torch.cat([fixed_features[-1], moving_features[-1]], dim=1))
-        state = self.affine_refine(state)
-        if self.affine_head is not None:
-            normalised = self.affine_head(state)
-        else:
-            normalised = identity_affine(batch, self.ndim, state)
-        shape = fixed.shape[2:]
-        affine = normalised_to_voxel_affine(normalised, shape)
-        outputs = {"affine": affine, "affine_displacement": affine_displacement(affine, shape)}
+        moving_features, fixed_features = self.encode_pair(moving, fixed)
+        normalised, state = self.affine_step(moving_features, fixed_features)
+        outputs = self.affine_outputs(normalised, fixed.shape[2:])
         if self.affine_only:
             return {**outputs, "displacement": outputs["affine_displacement"], "level_displacements": []}
         level_displacements = self._deformable_steps(normalised, moving_features, fixed_features, state)
         return {**outputs, "displacement": level_displacements[-1],
                 "level_displacements": level_displacements}
+
+    def encode_pair(self, moving: torch.Tensor, fixed: torch.Tensor) -> tuple[list, list]:
+        """Both images through the shared encoder in one batch of ``2B``: (moving, fixed) feature lists."""
+        both = self.encode(torch.cat([moving, fixed], dim=0))
+        batch = moving.shape[0]
+        return [f[:batch] for f in both], [f[batch:] for f in both]
+
+    def affine_step(self, moving_features: list[torch.Tensor], fixed_features: list[torch.Tensor]
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The coarsest level: the normalised affine ``(B, ndim, ndim + 1)`` and the decoder state."""
+        state = self.affine_fuse(torch.cat([fixed_features[-1], moving_features[-1]], dim=1))
+        state = self.affine_refine(state)
+        if self.affine_head is not None:
+            return self.affine_head(state), state
+        return identity_affine(state.shape[0], self.ndim, state), state
+
+    def affine_outputs(self, normalised: torch.Tensor, shape: Sequence[int]) -> dict:
+        """``affine`` and ``affine_displacement`` on the full-resolution grid of ``shape``."""
+        affine = normalised_to_voxel_affine(normalised, shape)
+        return {"affine": affine, "affine_displacement": affine_displacement(affine, shape)}
+
+    def level_transform(self, normalised: torch.Tensor, deformable: torch.Tensor, shape: Sequence[int]
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The affine's displacement on a level's grid and the deformable part resized onto it.
+
+        The level's full transform is ``affine_part + apply_linear(linear, deformable)``.
+
+        Shapes
+        ------
+        deformable ``(B, ndim, *S_previous)``; returns two ``(B, ndim, *shape)``.
+        """
+        affine_part = affine_displacement(normalised_to_voxel_affine(normalised, shape), shape)
+        return affine_part, resize_displacement(deformable, shape)
 
     def _deformable_steps(self, normalised: torch.Tensor, moving_features: list[torch.Tensor],
                           fixed_features: list[torch.Tensor], state: torch.Tensor) -> list[torch.Tensor]:
@@ -221,8 +248,7 @@ class NiceTrans(nn.Module):
         level_displacements = []
         for level in reversed(range(len(self.channels))):
             shape = fixed_features[level].shape[2:]
-            affine_part = affine_displacement(normalised_to_voxel_affine(normalised, shape), shape)
-            deformable = resize_displacement(deformable, shape)
+            affine_part, deformable = self.level_transform(normalised, deformable, shape)
             current = affine_part + apply_linear(linear, deformable)
             warped = warp_image(moving_features[level], current)
             state = resize_features(state, shape)

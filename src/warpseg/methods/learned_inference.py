@@ -1,0 +1,78 @@
+"""Inference plumbing shared by every learned method, registration or segmentation.
+
+Weights lookup (shipped or ``--weights``), checkpoint loading with the dimensionality check, images
+to the model grid, and the model's label logits back to the input grid.
+"""
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+
+import numpy as np
+
+from warpseg.errors import InputError
+
+
+def shipped_weights(method: str, ndim: int) -> Path:
+    """Path of the weights shipped in the package for ``method`` in ``ndim`` dimensions."""
+    return Path(str(files("warpseg") / "weights" / f"{method}_{ndim}d.pt"))
+
+
+def resolve_weights(method: str, weights: str | None, ndim: int, training_hint: str = "") -> Path:
+    """``weights`` when given, else the shipped file; a clear error saying how to train when none ships."""
+    if weights:
+        return Path(weights)
+    path = shipped_weights(method, ndim)
+    if not path.is_file():
+        raise InputError(f"no shipped {ndim}D weights for {method} yet; train some with "
+                         f"`warpseg train {method} --ndim {ndim}{training_hint} --out {method}_{ndim}d.pt` "
+                         "and pass --weights")
+    return path
+
+
+def load_learned_model(path: Path, ndim: int, device: str):
+    """The model (eval mode) and checkpoint description of ``path``, refused if not ``ndim``-D."""
+    from warpseg.learning.checkpoint import load_checkpoint
+
+    model, checkpoint = load_checkpoint(path, device)
+    model_ndim = checkpoint["model"]["config"].get("ndim")
+    if model_ndim != ndim:
+        raise InputError(f"{path} holds a {model_ndim}D model but the images are {ndim}D; "
+                         f"give {ndim}D weights")
+    return model, checkpoint
+
+
+def model_grid(shape, spacing, checkpoint: dict):
+    """The :class:`~warpseg.learning.preprocess.GridMap` of an input grid for this checkpoint's model."""
+    from warpseg.learning.preprocess import Preprocessing, plan_grid
+
+    return plan_grid(tuple(shape), tuple(float(s) for s in spacing), Preprocessing(**checkpoint["preprocessing"]))
+
+
+def to_model_grid(array: np.ndarray, grid, device: str):
+    """A normalised native image ``S`` as a model input ``(1, 1, *padded_shape)`` tensor."""
+    import torch
+
+    from warpseg.learning.preprocess import image_to_model_grid
+
+    return image_to_model_grid(torch.as_tensor(np.asarray(array, dtype=np.float32), device=device)[None, None], grid)
+
+
+def labels_to_native_grid(logits, grid) -> np.ndarray:
+    """Label logits ``(1, L, *padded_shape)`` to a label map ``native_shape``.
+
+    Softmax probabilities are resized linearly to the native grid, then the argmax is taken.
+    """
+    import torch
+
+    from warpseg.learning.preprocess import probabilities_to_native_grid
+
+    probabilities = probabilities_to_native_grid(torch.softmax(logits.float(), dim=1), grid)
+    labels = probabilities.argmax(dim=1)[0].cpu().numpy()
+    return labels.astype(np.uint8 if logits.shape[1] <= 256 else np.int16)
+
+
+def checkpoint_label_names(checkpoint: dict) -> dict[int, str] | None:
+    """``{id: name}`` of a segmentation checkpoint's label set (None for other checkpoints)."""
+    names = checkpoint.get("segmentation", {}).get("label_names")
+    return {int(key): str(value) for key, value in names.items()} if names else None

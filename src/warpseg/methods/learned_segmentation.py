@@ -1,0 +1,83 @@
+"""Learned segmentation methods: a checkpoint, the model grid, one forward pass, labels back on the image grid."""
+from __future__ import annotations
+
+import time
+from collections.abc import Generator
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+from warpseg.methods.base import Progress
+from warpseg.methods.learned_inference import (
+    checkpoint_label_names, labels_to_native_grid, load_learned_model, model_grid, resolve_weights, to_model_grid,
+)
+from warpseg.methods.segmenter import SegmentationMethod, SegmentationOutput
+
+if TYPE_CHECKING:
+    import torch
+
+    from warpseg.io import Volume
+
+TRAINING_HINT = " --labels seg4 --shots 5 --data ../shared/data"
+
+
+class LearnedSegmentation(SegmentationMethod):
+    """A network that maps an image to label logits; subclasses implement :meth:`predict`.
+
+    Without ``weights`` the shipped ``{name}_{ndim}d.pt`` is used. The label IDs and names are the
+    checkpoint's label set.
+    """
+
+    needs_weights: ClassVar[bool] = True
+
+    @classmethod
+    def has_shipped_weights(cls, ndim: int) -> bool:
+        from warpseg.errors import InputError
+
+        try:
+            return cls().weights_path(ndim).is_file()
+        except InputError:
+            return False
+
+    def weights_path(self, ndim: int) -> Path:
+        return resolve_weights(self.name, self.weights, ndim, TRAINING_HINT)
+
+    def run(self, image: Volume, *, atlas: tuple[Volume, Volume] | None, device: str
+            ) -> Generator[Progress, None, SegmentationOutput]:
+        import torch
+
+        from warpseg.engine.register import normalise_intensity
+
+        path = self.weights_path(image.ndim)
+        model, checkpoint = load_learned_model(path, image.ndim, device)
+        yield Progress("segment", 0, 1, f"{self.name}: one forward pass")
+        started = time.perf_counter()
+        grid = model_grid(image.shape, image.spacing, checkpoint)
+        with torch.inference_mode():
+            tensor = to_model_grid(normalise_intensity(image.array), grid, device)
+            logits, details = self.predict(model, tensor, checkpoint, atlas=atlas, image=image, grid=grid)
+            labels = labels_to_native_grid(logits, grid)
+        seconds = time.perf_counter() - started
+        yield Progress("segment", 1, 1, f"{self.name}: done in {seconds * 1000:.0f} ms")
+        details = {"weights_file": str(path), "seconds_inference": seconds,
+                   "label_set": checkpoint.get("segmentation", {}).get("label_set"),
+                   "trained": {k: checkpoint["training"].get(k) for k in ("command", "validation")}, **details}
+        return SegmentationOutput(labels, checkpoint_label_names(checkpoint), details)
+
+    def predict(self, model, tensor: torch.Tensor, checkpoint: dict, *, atlas: tuple[Volume, Volume] | None,
+                image: Volume, grid) -> tuple[torch.Tensor, dict]:
+        """Label logits ``(1, L, *padded)`` of the model-grid image ``tensor`` ``(1, 1, *padded)``, and
+        details to report. ``image`` is the native volume, ``grid`` its map to the model grid."""
+        raise NotImplementedError
+
+
+class SegmentationUNetSegmentation(LearnedSegmentation):
+    """The plain U-Net baseline trained on the same K labelled atlases as NICE-Transeg."""
+
+    name: ClassVar[str] = "seg-unet"
+    description: ClassVar[str] = "Plain U-Net segmentation baseline trained on K labelled atlases."
+
+    def predict(self, model, tensor, checkpoint: dict, *, atlas, image, grid) -> tuple:
+        return model(tensor)["segmentation"], {}
+
+
+__all__ = ["LearnedSegmentation", "SegmentationUNetSegmentation"]

@@ -1,0 +1,92 @@
+"""NICE-Transeg: joint registration and few-shot segmentation, as a registration and a segmentation method.
+
+``nice-transeg`` registers like every learned method (the register contract) and also returns both
+segmentations (moving and fixed) with the checkpoint's label names; as a segmentation method it
+segments one image against an atlas (``--atlas`` or the one its checkpoint keeps).
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from warpseg.methods.learned import LearnedRegistration
+from warpseg.methods.learned_inference import checkpoint_label_names, labels_to_native_grid, to_model_grid
+from warpseg.methods.learned_segmentation import TRAINING_HINT, LearnedSegmentation
+from warpseg.methods.segmenter import SEGMENTATIONS_KEY
+
+if TYPE_CHECKING:
+    import torch
+
+    from warpseg.io import Volume
+
+
+class NiceTransegRegistration(LearnedRegistration):
+    """The register contract with NICE-Transeg, plus ``moving_segmentation`` and ``fixed_segmentation``."""
+
+    name = "nice-transeg"
+    description = ("NICE-Transeg: NICE-Trans with coupled segmentation branches; also writes both "
+                   "segmentations.")
+    training_hint = TRAINING_HINT
+
+    def extra_details(self, outputs: dict, grid, checkpoint: dict) -> dict[str, Any]:
+        """Both segmentations on the fixed grid, with the checkpoint's label names."""
+        names = checkpoint_label_names(checkpoint)
+        return {SEGMENTATIONS_KEY: {key: (labels_to_native_grid(outputs[key], grid), names)
+                                    for key in ("moving_segmentation", "fixed_segmentation")}}
+
+
+def fit_to_shape(tensor: torch.Tensor, shape) -> torch.Tensor:
+    """Centred zero-pad or crop of the spatial axes of ``(N, C, *S)`` to ``shape``."""
+    import torch.nn.functional as F
+
+    padding, index = [], [slice(None), slice(None)]
+    for size, target in zip(tensor.shape[2:], shape):
+        start = max(0, (size - target) // 2)
+        index.append(slice(start, start + target))
+        extra = max(0, target - size)
+        padding = [extra // 2, extra - extra // 2] + padding
+    return F.pad(tensor[tuple(index)], padding)
+
+
+def best_matching_slice(stack: torch.Tensor, image: torch.Tensor) -> int:
+    """Index of the slice of ``stack`` ``(N, 1, *S)`` most correlated with ``image`` ``(1, 1, *S)``."""
+    flat = stack.flatten(1).float()
+    target = image.flatten(1).float()
+    flat = flat - flat.mean(1, keepdim=True)
+    target = target - target.mean(1, keepdim=True)
+    correlation = (flat * target).sum(1) / (flat.norm(dim=1) * target.norm(dim=1) + 1e-8)
+    return int(correlation.argmax())
+
+
+class NiceTransegSegmentation(LearnedSegmentation):
+    """NICE-Transeg's fixed segmentation ``S_F`` of the image, registered against an atlas.
+
+    The moving image is ``--atlas`` when given (resampled onto the image grid), else the atlas kept
+    in the checkpoint (the first labelled training subject, on the training grid; in 2D its slice
+    most correlated with the image). The images are expected in the training data's orientation.
+    """
+
+    name: ClassVar[str] = "nice-transeg"
+    description: ClassVar[str] = ("NICE-Transeg: segmentation branch coupled to NICE-Trans registration "
+                                  "against an atlas (the checkpoint's or --atlas).")
+
+    def predict(self, model, tensor, checkpoint: dict, *, atlas, image, grid) -> tuple:
+        moving, source = self.atlas_on_model_grid(tensor, checkpoint, atlas, image, grid)
+        outputs = model(moving.to(tensor), tensor)
+        return outputs["fixed_segmentation"], {"atlas": source}
+
+    @staticmethod
+    def atlas_on_model_grid(tensor: torch.Tensor, checkpoint: dict, atlas, image: Volume, grid) -> tuple:
+        """The moving image ``(1, 1, *padded)`` and a description of where it came from."""
+        from warpseg.engine.register import normalise_intensity, on_fixed_grid
+        from warpseg.errors import InputError
+
+        if atlas is not None:
+            resampled = on_fixed_grid(atlas[0], image)
+            return to_model_grid(normalise_intensity(resampled.array), grid, str(tensor.device)), "given atlas"
+        stored = checkpoint.get("segmentation", {}).get("atlas")
+        if stored is None:
+            raise InputError("this checkpoint keeps no atlas; pass --atlas and --atlas-labels")
+        stack = fit_to_shape(stored["image"].float(), tensor.shape[2:])
+        index = best_matching_slice(stack, tensor.cpu()) if stack.shape[0] > 1 else 0
+        moving = stack[index: index + 1]
+        return moving, f"checkpoint atlas {stored['subject']}" + (f" slice {index}" if stack.shape[0] > 1 else "")

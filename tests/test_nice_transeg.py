@@ -1,0 +1,158 @@
+"""NICE-Transeg and the U-Net baseline: shapes, gradients, checkpoints, and the register contract."""
+import numpy as np
+import pytest
+import torch
+
+from conftest import blob_pair
+from warpseg.engine import register, run_to_end, write_result
+from warpseg.io import Volume, read_volume
+from warpseg.learning.checkpoint import build_model, load_checkpoint, read_checkpoint, save_checkpoint
+from warpseg.learning.preprocess import Preprocessing
+from warpseg.methods import METHODS, SEGMENTATION_METHODS
+from warpseg.models import NiceTrans, NiceTranseg, SegmentationUNet
+
+NAMES = {0: "Background", 1: "outer", 2: "middle", 3: "core"}
+TINY = {2: (4, 8, 8, 8), 3: (4, 8, 8)}
+
+
+def tiny_transeg(ndim: int, num_labels: int = 4) -> NiceTranseg:
+    torch.manual_seed(0)
+    return NiceTranseg(ndim, num_labels=num_labels, channels=TINY[ndim])
+
+
+def supervised_transeg(ndim: int, steps: int = 15) -> NiceTranseg:
+    """A tiny NICE-Transeg fitted a few steps to blob labels, so that its label maps are not constant."""
+    from warpseg.learning.losses import SegmentationLoss
+
+    model, loss = tiny_transeg(ndim), SegmentationLoss()
+    image, labels = blob_pair((24,) * ndim, np.eye(4), 1)
+    image, labels = torch.as_tensor(image.array)[None, None], torch.as_tensor(labels.array).long()[None, None]
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        outputs = model(image, image)
+        total = sum(sum(loss(outputs[key], labels).values()) for key in ("moving_segmentation", "fixed_segmentation"))
+        optimiser.zero_grad()
+        total.backward()
+        optimiser.step()
+    return model.eval()
+
+
+def tiny_segmentation_checkpoint(path, model, spacing=None):
+    preprocessing = Preprocessing(target_spacing=spacing, size_multiple=model.size_multiple)
+    extra = {"segmentation": {"label_set": "toy", "label_names": dict(NAMES), "num_labels": len(NAMES)}}
+    return save_checkpoint(path, method="nice-transeg" if isinstance(model, NiceTranseg) else "seg-unet",
+                           model=model, preprocessing=preprocessing.as_dict(), training={"command": "test"},
+                           extra=extra)
+
+
+@pytest.mark.parametrize("ndim,shape", [(2, (48, 80)), (3, (12, 20, 28))])
+def test_one_pass_gives_the_field_and_both_segmentations(ndim, shape):
+    model = tiny_transeg(ndim, num_labels=5)
+    moving, fixed = torch.rand(2, 1, *shape), torch.rand(2, 1, *shape)
+    outputs = model(moving, fixed)
+    assert outputs["displacement"].shape == (2, ndim, *shape)
+    assert outputs["moving_segmentation"].shape == outputs["fixed_segmentation"].shape == (2, 5, *shape)
+    assert outputs["affine"].shape == (2, ndim, ndim + 1) and len(outputs["level_displacements"]) == len(TINY[ndim])
+    assert outputs["displacement"].abs().max() < 1e-2  # identity at initialisation, as NICE-Trans
+
+
+def test_gradients_reach_both_branches_and_the_registration_decoder():
+    model = tiny_transeg(2)
+    outputs = model(torch.rand(1, 1, 32, 40), torch.rand(1, 1, 32, 40))
+    loss = sum(outputs[key].square().mean() for key in ("moving_segmentation", "fixed_segmentation", "displacement"))
+    loss.backward()
+    silent = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert silent == ["affine_head.hidden.0.weight", "affine_head.hidden.0.bias"]  # behind a zero-initialised layer
+
+
+def test_segmentations_depend_on_the_other_image():
+    """The coupling is real: the fixed segmentation changes when only the moving image changes."""
+    model = tiny_transeg(2)
+    fixed = torch.rand(1, 1, 32, 32)
+    first = model(torch.rand(1, 1, 32, 32), fixed)["fixed_segmentation"]
+    second = model(torch.rand(1, 1, 32, 32), fixed)["fixed_segmentation"]
+    assert not torch.allclose(first, second)
+
+
+@pytest.mark.parametrize("kind", ["nice-transeg", "seg-unet"])
+def test_checkpoint_round_trip_gives_the_same_outputs(tmp_path, kind):
+    torch.manual_seed(1)
+    model = tiny_transeg(2) if kind == "nice-transeg" else SegmentationUNet(2, 4, channels=(4, 8, 8))
+    path = tiny_segmentation_checkpoint(tmp_path / f"{kind}.pt", model)
+    loaded, description = load_checkpoint(path)
+    assert type(loaded) is type(model) and loaded.config == model.config
+    assert description["segmentation"]["label_names"] == NAMES
+    model.eval()
+    images = (torch.rand(1, 1, 32, 32), torch.rand(1, 1, 32, 32))
+    with torch.no_grad():
+        if kind == "nice-transeg":
+            before, after = model(*images), loaded(*images)
+            assert torch.equal(before["fixed_segmentation"], after["fixed_segmentation"])
+            assert torch.equal(before["displacement"], after["displacement"])
+        else:
+            assert torch.equal(model(images[0])["segmentation"], loaded(images[0])["segmentation"])
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_register_contract_writes_both_segmentations_with_names(tmp_path, ndim):
+    shape, moving_shape = ((37, 45), (41, 43)) if ndim == 2 else ((21, 26, 19), (23, 24, 19))
+    fixed_affine, moving_affine = np.diag([1.0, 1.2, 2.0, 1.0]), np.diag([1.1, 1.1, 2.0, 1.0])
+    moving, moving_labels = blob_pair(moving_shape, moving_affine, 1)
+    fixed, fixed_labels = blob_pair(shape, fixed_affine, 2)
+    model = supervised_transeg(ndim)
+    weights = tiny_segmentation_checkpoint(tmp_path / "w.pt", model, spacing=1.5 if ndim == 3 else None)
+    result = run_to_end(register(moving, fixed, "nice-transeg", moving_labels=moving_labels,
+                                 fixed_labels=fixed_labels, weights=str(weights), device="cpu"))
+    assert result.displacement.shape == (ndim,) + shape and "dice_mean" in result.metrics
+    assert "segmentations" not in result.details  # arrays stay out of result.json
+    out = tmp_path / "out"
+    write_result(result, out)
+    for name, grid in (("moving_segmentation", moving), ("fixed_segmentation", fixed)):
+        written = read_volume(out / f"{name}.nii.gz")
+        assert written.is_labels and written.shape == grid.shape and np.allclose(written.affine, grid.affine)
+        assert written.label_names == NAMES and set(np.unique(written.array)) <= set(NAMES)
+    assert (out / "warped.nii.gz").is_file() and (out / "result.json").is_file()
+
+
+def test_nice_transeg_is_a_registration_and_a_segmentation_method():
+    assert "nice-transeg" in METHODS and {"nice-transeg", "seg-unet"} <= set(SEGMENTATION_METHODS)
+
+
+def test_without_weights_the_methods_say_how_to_train(tmp_path, monkeypatch):
+    from warpseg.engine import segment
+    from warpseg.errors import InputError
+
+    monkeypatch.setattr("warpseg.methods.learned_inference.shipped_weights",
+                        lambda method, ndim: tmp_path / f"{method}_{ndim}d.pt")
+    image, _ = blob_pair((32, 32), np.eye(4), 1)
+    for method in ("nice-transeg", "seg-unet"):
+        with pytest.raises(InputError, match=f"no shipped 2D weights for {method} yet.*warpseg train {method}"):
+            run_to_end(segment(image, method, device="cpu"))
+    with pytest.raises(InputError, match="no shipped 2D weights for nice-transeg yet"):
+        run_to_end(register(image, image, "nice-transeg", device="cpu"))
+
+
+def test_shipped_nice_trans_weights_still_load_into_the_refactored_network():
+    weights = METHODS["nice-trans"]().weights_path(2)
+    payload = read_checkpoint(weights)
+    model = build_model(payload)  # strict state-dict loading
+    assert type(model) is NiceTrans and not isinstance(model, NiceTranseg)
+    image = torch.zeros(1, 1, 32, 32)
+    image[:, :, 8:24, 10:22] = 1.0
+    with torch.no_grad():
+        outputs = model(image, image)
+    assert torch.isfinite(outputs["displacement"]).all() and outputs["displacement"].shape == (1, 2, 32, 32)
+
+
+def test_labels_map_back_with_the_checkpoint_label_ids():
+    """Probabilities are resized to the native grid before the argmax, so labels keep their IDs."""
+    from warpseg.learning.preprocess import plan_grid
+    from warpseg.methods.learned_inference import labels_to_native_grid
+
+    grid = plan_grid((30, 37), (1.0, 1.0), Preprocessing(target_spacing=2.0, size_multiple=8))
+    logits = torch.full((1, 4) + grid.padded_shape, -5.0)
+    logits[:, 3] = 5.0
+    labels = labels_to_native_grid(logits, grid)
+    assert labels.shape == (30, 37) and (labels == 3).all()
+    volume = Volume(labels, np.eye(4), is_labels=True, label_names=NAMES)
+    assert volume.label_names[3] == "core"
