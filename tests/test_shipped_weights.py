@@ -29,3 +29,15 @@ def test_shipped_2d_weights_beat_identity_on_the_held_out_subject(method, shared
         fixed_labels=read_volume(folder / "subjX_slice_seg4.nii.gz", labels=True), device="cpu"))
     assert result.metrics["dice_mean"] > result.metrics["dice_before"] + 0.03
     assert result.metrics["folding_percent"] < 0.5
+
+
+@pytest.mark.parametrize("method", [name for name, ndim in SHIPPED if ndim == 3])
+def test_shipped_3d_weights_beat_identity_on_the_held_out_subject(method, shared_data):
+    folder = shared_data / "oasis3d"
+    result = run_to_end(register(
+        read_volume(folder / "vxm_aligned_norm.nii.gz", labels=False),
+        read_volume(folder / "subjX_aligned_norm.nii.gz", labels=False), method,
+        moving_labels=read_volume(folder / "vxm_aligned_seg4.nii.gz", labels=True),
+        fixed_labels=read_volume(folder / "subjX_aligned_seg4.nii.gz", labels=True), device="cpu"))
+    assert result.metrics["dice_mean"] > result.metrics["dice_before"] + 0.01
+    assert result.metrics["folding_percent"] < 0.5
