@@ -2,15 +2,13 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from warpseg.errors import InputError
 from warpseg.methods.base import MethodOutput, Progress, RegistrationInput, RegistrationMethod
 from warpseg.methods.learned_inference import (
-    load_learned_model, model_grid, resolve_weights, shipped_weights, to_model_grid,
+    ShippedWeights, load_learned_model, model_grid, shipped_weights, to_model_grid,
 )
 from warpseg.methods.nir import NIR_DEFAULTS
 
@@ -30,7 +28,7 @@ def refine_settings(settings: dict[str, Any]) -> dict[str, Any]:
     return {**NIR_DEFAULTS, **picked, "iterations": int(settings["refine"])}
 
 
-class LearnedRegistration(RegistrationMethod):
+class LearnedRegistration(ShippedWeights, RegistrationMethod):
     """A network that maps (moving, fixed) to a displacement in one forward pass.
 
     Subclasses only name themselves; the checkpoint says which network to build and how to
@@ -44,15 +42,6 @@ class LearnedRegistration(RegistrationMethod):
 
     defaults: ClassVar[dict[str, Any]] = refine_defaults()
 
-    @classmethod
-    def has_shipped_weights(cls, ndim: int) -> bool:
-        try:
-            return cls().weights_path(ndim).is_file()
-        except InputError:
-            return False
-
-    def weights_path(self, ndim: int) -> Path:
-        return resolve_weights(self.name, self.weights, ndim, self.training_hint)
 
     def run(self, pair: RegistrationInput):
         import torch

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from importlib.resources import files
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -16,6 +17,26 @@ from warpseg.errors import InputError
 def shipped_weights(method: str, ndim: int) -> Path:
     """Path of the weights shipped in the package for ``method`` in ``ndim`` dimensions."""
     return Path(str(files("warpseg") / "weights" / f"{method}_{ndim}d.pt"))
+
+
+class ShippedWeights:
+    """Mixin of learned methods: weights from ``--weights`` or the file shipped for the input's dimensionality.
+
+    Subclasses are :class:`~warpseg.methods.base.Method`\ s; ``training_hint`` completes the
+    ``warpseg train`` command suggested when no weights exist.
+    """
+
+    training_hint: ClassVar[str] = ""
+
+    @classmethod
+    def has_shipped_weights(cls, ndim: int) -> bool:
+        try:
+            return cls().weights_path(ndim).is_file()
+        except InputError:
+            return False
+
+    def weights_path(self, ndim: int) -> Path:
+        return resolve_weights(self.name, self.weights, ndim, self.training_hint)
 
 
 def resolve_weights(method: str, weights: str | None, ndim: int, training_hint: str = "") -> Path:

@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Generator
-from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from warpseg.methods.base import Progress
 from warpseg.methods.learned_inference import (
-    checkpoint_label_names, labels_to_native_grid, load_learned_model, model_grid, resolve_weights, to_model_grid,
+    ShippedWeights, checkpoint_label_names, labels_to_native_grid, load_learned_model, model_grid, to_model_grid,
 )
 from warpseg.methods.segmenter import SegmentationMethod, SegmentationOutput
 
@@ -20,7 +19,7 @@ if TYPE_CHECKING:
 TRAINING_HINT = " --labels seg4 --shots 5 --data ../shared/data"
 
 
-class LearnedSegmentation(SegmentationMethod):
+class LearnedSegmentation(ShippedWeights, SegmentationMethod):
     """A network that maps an image to label logits; subclasses implement :meth:`predict`.
 
     Without ``weights`` the shipped ``{name}_{ndim}d.pt`` is used. The label IDs and names are the
@@ -29,17 +28,7 @@ class LearnedSegmentation(SegmentationMethod):
 
     needs_weights: ClassVar[bool] = True
 
-    @classmethod
-    def has_shipped_weights(cls, ndim: int) -> bool:
-        from warpseg.errors import InputError
-
-        try:
-            return cls().weights_path(ndim).is_file()
-        except InputError:
-            return False
-
-    def weights_path(self, ndim: int) -> Path:
-        return resolve_weights(self.name, self.weights, ndim, TRAINING_HINT)
+    training_hint: ClassVar[str] = TRAINING_HINT
 
     def run(self, image: Volume, *, atlas: tuple[Volume, Volume] | None, device: str
             ) -> Generator[Progress, None, SegmentationOutput]:
