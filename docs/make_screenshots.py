@@ -24,49 +24,47 @@ def result_views() -> None:
     shutil.rmtree(out)
 
 
-def compare_view() -> None:
+def widget_view(widget_class, name: str, file_name: str, setup=None, shown=None) -> None:
+    """Open the 2D sample pair, dock ``widget_class``, run it, and save the window as ``file_name``.
+
+    ``setup(widget)`` sets its fields first; ``shown`` (layer names) limits the visible layers.
+    """
     import napari
     from qtpy.QtWidgets import QApplication
 
-    from warpseg._plugin._widget_compare import CompareWidget
-
     viewer = napari.Viewer(show=True)
     viewer.open_sample("napari-warpseg", "brain_pair_2d")
-    widget = CompareWidget(viewer)
-    viewer.window.add_dock_widget(widget, name="Compare methods")
+    widget = widget_class(viewer)
+    viewer.window.add_dock_widget(widget, name=name)
     viewer.window.resize(1500, 950)
-    widget.methods.value = ["identity", "sitk-bspline", "sitk-demons", "nice-trans", "vxm", "nir"]
+    if setup is not None:
+        setup(widget)
     widget.start()
     while widget.busy:
         QApplication.instance().processEvents()
         time.sleep(0.01)
+    if shown is not None:
+        for layer in viewer.layers:
+            layer.visible = layer.name in shown
     viewer.layers["fixed"].colormap = "gray"
     viewer.reset_view()
-    viewer.screenshot(str(DOCS / "compare.png"), canvas_only=False)
+    viewer.screenshot(str(DOCS / file_name), canvas_only=False)
     viewer.close()
+
+
+def compare_view() -> None:
+    from warpseg._plugin._widget_compare import CompareWidget
+
+    def pick_methods(widget) -> None:
+        widget.methods.value = ["identity", "sitk-bspline", "sitk-demons", "nice-trans", "vxm", "nir"]
+
+    widget_view(CompareWidget, "Compare methods", "compare.png", setup=pick_methods)
 
 
 def segment_view() -> None:
-    import napari
-    from qtpy.QtWidgets import QApplication
-
     from warpseg._plugin._widget_segment import SegmentationWidget
 
-    viewer = napari.Viewer(show=True)
-    viewer.open_sample("napari-warpseg", "brain_pair_2d")
-    widget = SegmentationWidget(viewer)
-    viewer.window.add_dock_widget(widget, name="Segment")
-    viewer.window.resize(1500, 950)
-    widget.start()
-    while widget.busy:
-        QApplication.instance().processEvents()
-        time.sleep(0.01)
-    for layer in viewer.layers:
-        layer.visible = layer.name in ("fixed", "atlas-propagation: segmentation")
-    viewer.layers["fixed"].colormap = "gray"
-    viewer.reset_view()
-    viewer.screenshot(str(DOCS / "segment.png"), canvas_only=False)
-    viewer.close()
+    widget_view(SegmentationWidget, "Segment", "segment.png", shown=("fixed", "atlas-propagation: segmentation"))
 
 
 if __name__ == "__main__":

@@ -55,6 +55,16 @@ def blob_pair(shape, affine, seed: int):
     return Volume(image.astype(np.float32), affine), Volume(labels, affine, is_labels=True)
 
 
+def drive(job):
+    """Run a method's generator to its end; return (records, output)."""
+    records = []
+    while True:
+        try:
+            records.append(next(job))
+        except StopIteration as stop:
+            return records, stop.value
+
+
 def pytest_runtest_setup(item):
     """Skip GUI tests cleanly when Qt has no display to open (instead of aborting the run)."""
     if item.get_closest_marker("gui") is None:

@@ -13,6 +13,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from conftest import drive
 from warpseg.methods import Progress, RegistrationInput, get_method
 from warpseg.methods.sitk_runner import (from_sitk, resolve_options, run_cancellable, to_sitk,
                                          transform_to_displacement)
@@ -54,16 +55,6 @@ def shifted_pair(ndim: int, spacing=None) -> RegistrationInput:
     spacing = spacing or (1.0,) * ndim
     return RegistrationInput(moving=blob_image(shape, SHIFT[ndim]), fixed=blob_image(shape, (0.0,) * ndim),
                              spacing=tuple(spacing))
-
-
-def drive(job):
-    """Run a method's generator to its end; return (records, output)."""
-    records = []
-    while True:
-        try:
-            records.append(next(job))
-        except StopIteration as stop:
-            return records, stop.value
 
 
 def check_recovers_shift(name: str, ndim: int, spacing=None) -> list[Progress]:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import blob_pair, rotation_affine
+from conftest import blob_pair, drive, rotation_affine
 from warpseg.engine import register, run_to_end
 from warpseg.errors import InputError
 from warpseg.methods import MethodOutput, Progress, RegistrationInput, get_method
@@ -44,16 +44,6 @@ def deformed_pair(shape) -> tuple[RegistrationInput, np.ndarray]:
     moving, field = textured_image(shape), smooth_field(shape)
     fixed = warp_image(torch.as_tensor(moving)[None, None], torch.as_tensor(field)[None])[0, 0].numpy()
     return RegistrationInput(moving, fixed, (1.0,) * len(shape)), field
-
-
-def drive(job):
-    """Run a method's generator to its end; return (records, output)."""
-    records = []
-    while True:
-        try:
-            records.append(next(job))
-        except StopIteration as stop:
-            return records, stop.value
 
 
 def warped(pair: RegistrationInput, displacement: np.ndarray) -> np.ndarray:
