@@ -123,13 +123,29 @@ def test_without_weights_the_methods_say_how_to_train(tmp_path, monkeypatch):
     from warpseg.errors import InputError
 
     monkeypatch.setattr("warpseg.methods.learned_inference.shipped_weights",
-                        lambda method, ndim: tmp_path / f"{method}_{ndim}d.pt")
+                        lambda method, ndim, label_set=None: tmp_path / f"{method}_{ndim}d_{label_set}.pt")
     image, _ = blob_pair((32, 32), np.eye(4), 1)
     for method in ("nice-transeg", "seg-unet"):
-        with pytest.raises(InputError, match=f"no shipped 2D weights for {method} yet.*warpseg train {method}"):
+        with pytest.raises(InputError, match=f"no shipped 2D seg4 weights for {method} yet.*"
+                                             f"warpseg train {method} --ndim 2 --labels seg4"):
             run_to_end(segment(image, method, device="cpu"))
-    with pytest.raises(InputError, match="no shipped 2D weights for nice-transeg yet"):
+        with pytest.raises(InputError, match=f"2D seg35 weights for {method}.*--labels seg35"):
+            run_to_end(segment(image, method, device="cpu", options={"labels": "seg35"}))
+        with pytest.raises(InputError, match="no weights for label set 'seg99'.*labels=seg4 or labels=seg35"):
+            run_to_end(segment(image, method, device="cpu", options={"labels": "seg99"}))
+    with pytest.raises(InputError, match="seg-unet has no option colour"):
+        run_to_end(segment(image, "seg-unet", device="cpu", options={"colour": "red"}))
+    with pytest.raises(InputError, match="no shipped 2D seg4 weights for nice-transeg yet"):
         run_to_end(register(image, image, "nice-transeg", device="cpu"))
+
+
+def test_shipped_weights_are_named_by_label_set():
+    from warpseg.methods import SEGMENTATION_METHODS
+
+    for labels in ("seg4", "seg35"):
+        assert SEGMENTATION_METHODS["seg-unet"](labels=labels).label_set == labels
+    assert METHODS["nice-transeg"](labels="seg35").label_set == "seg35"
+    assert METHODS["nice-trans"]().label_set is None
 
 
 def test_shipped_nice_trans_weights_still_load_into_the_refactored_network():

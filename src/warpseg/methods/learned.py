@@ -50,7 +50,7 @@ class LearnedRegistration(ShippedWeights, RegistrationMethod):
         from warpseg.methods.nir import check_settings
         from warpseg.methods.sitk_runner import resolve_options
 
-        settings = resolve_options(refine_defaults(), self.options, self.name)
+        settings = resolve_options(self.defaults, self.options, self.name)
         refine = check_settings(refine_settings(settings), self.name) if settings["refine"] > 0 else None
         path = self.weights_path(pair.ndim)
         model, checkpoint = load_learned_model(path, pair.ndim, pair.device)

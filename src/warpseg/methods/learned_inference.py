@@ -14,9 +14,11 @@ import numpy as np
 from warpseg.errors import InputError
 
 
-def shipped_weights(method: str, ndim: int) -> Path:
-    """Path of the weights shipped in the package for ``method`` in ``ndim`` dimensions."""
-    return Path(str(files("warpseg") / "weights" / f"{method}_{ndim}d.pt"))
+def shipped_weights(method: str, ndim: int, label_set: str | None = None) -> Path:
+    """Path of the weights shipped in the package for ``method`` in ``ndim`` dimensions
+    (``{method}_{ndim}d.pt``, or ``{method}_{ndim}d_{label_set}.pt`` for a method trained per label set)."""
+    suffix = f"_{label_set}" if label_set else ""
+    return Path(str(files("warpseg") / "weights" / f"{method}_{ndim}d{suffix}.pt"))
 
 
 class ShippedWeights:
@@ -27,6 +29,8 @@ class ShippedWeights:
     """
 
     training_hint: ClassVar[str] = ""
+    label_sets: ClassVar[tuple[str, ...]] = ()
+    """Label sets with weights of their own (the first is the default), picked by the ``labels`` option."""
 
     @classmethod
     def has_shipped_weights(cls, ndim: int) -> bool:
@@ -35,19 +39,32 @@ class ShippedWeights:
         except InputError:
             return False
 
+    @property
+    def label_set(self) -> str | None:
+        """The label set whose shipped weights are used (None for methods without label sets)."""
+        if not self.label_sets:
+            return None
+        chosen = str(self.options.get("labels", self.label_sets[0]))
+        if chosen not in self.label_sets:
+            raise InputError(f"{self.name} has no weights for label set {chosen!r}; "
+                             f"choose labels={' or labels='.join(self.label_sets)}")
+        return chosen
+
     def weights_path(self, ndim: int) -> Path:
-        return resolve_weights(self.name, self.weights, ndim, self.training_hint)
+        return resolve_weights(self.name, self.weights, ndim, self.training_hint, self.label_set)
 
 
-def resolve_weights(method: str, weights: str | None, ndim: int, training_hint: str = "") -> Path:
+def resolve_weights(method: str, weights: str | None, ndim: int, training_hint: str = "",
+                    label_set: str | None = None) -> Path:
     """``weights`` when given, else the shipped file; a clear error saying how to train when none ships."""
     if weights:
         return Path(weights)
-    path = shipped_weights(method, ndim)
+    path = shipped_weights(method, ndim, label_set)
     if not path.is_file():
-        raise InputError(f"no shipped {ndim}D weights for {method} yet; train some with "
-                         f"`warpseg train {method} --ndim {ndim}{training_hint} --out {method}_{ndim}d.pt` "
-                         "and pass --weights")
+        labels = f" --labels {label_set}" if label_set else ""
+        raise InputError(f"no shipped {ndim}D{' ' + label_set if label_set else ''} weights for {method} yet; "
+                         f"train some with `warpseg train {method} --ndim {ndim}{labels}{training_hint} "
+                         f"--out {path.name}` and pass --weights")
     return path
 
 

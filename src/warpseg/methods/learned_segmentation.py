@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Generator
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from warpseg.methods.base import Progress
 from warpseg.methods.learned_inference import (
@@ -16,26 +16,31 @@ if TYPE_CHECKING:
 
     from warpseg.io import Volume
 
-TRAINING_HINT = " --labels seg4 --shots 5 --data ../shared/data"
+TRAINING_HINT = " --data ../shared/data"
+LABEL_SETS = ("seg4", "seg35")
+"""Label sets the few-shot networks are trained and shipped for (seg4 first: the default)."""
 
 
 class LearnedSegmentation(ShippedWeights, SegmentationMethod):
     """A network that maps an image to label logits; subclasses implement :meth:`predict`.
 
-    Without ``weights`` the shipped ``{name}_{ndim}d.pt`` is used. The label IDs and names are the
-    checkpoint's label set.
+    Without ``weights`` the shipped ``{name}_{ndim}d_{labels}.pt`` is used (option ``labels``: seg4 or
+    seg35). The label IDs and names are the checkpoint's label set.
     """
 
     needs_weights: ClassVar[bool] = True
-
     training_hint: ClassVar[str] = TRAINING_HINT
+    label_sets: ClassVar[tuple[str, ...]] = LABEL_SETS
+    defaults: ClassVar[dict[str, Any]] = {"labels": LABEL_SETS[0]}
 
     def run(self, image: Volume, *, atlas: tuple[Volume, Volume] | None, device: str
             ) -> Generator[Progress, None, SegmentationOutput]:
         import torch
 
         from warpseg.engine.register import normalise_intensity
+        from warpseg.methods.sitk_runner import resolve_options
 
+        resolve_options(self.defaults, self.options, self.name)
         path = self.weights_path(image.ndim)
         model, checkpoint = load_learned_model(path, image.ndim, device)
         yield Progress("segment", 0, 1, f"{self.name}: one forward pass")
@@ -69,4 +74,4 @@ class SegmentationUNetSegmentation(LearnedSegmentation):
         return model(tensor)["segmentation"], {}
 
 
-__all__ = ["LearnedSegmentation", "SegmentationUNetSegmentation"]
+__all__ = ["LABEL_SETS", "LearnedSegmentation", "SegmentationUNetSegmentation"]

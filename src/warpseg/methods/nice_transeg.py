@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from warpseg.methods.learned import LearnedRegistration
+from warpseg.methods.learned import LearnedRegistration, refine_defaults
 from warpseg.methods.learned_inference import checkpoint_label_names, labels_to_native_grid, to_model_grid
-from warpseg.methods.learned_segmentation import TRAINING_HINT, LearnedSegmentation
+from warpseg.methods.learned_segmentation import LABEL_SETS, TRAINING_HINT, LearnedSegmentation
 from warpseg.methods.segmenter import SEGMENTATIONS_KEY
 
 if TYPE_CHECKING:
@@ -26,6 +26,8 @@ class NiceTransegRegistration(LearnedRegistration):
     description = ("NICE-Transeg: NICE-Trans with coupled segmentation branches; also writes both "
                    "segmentations.")
     training_hint = TRAINING_HINT
+    label_sets = LABEL_SETS
+    defaults = {**refine_defaults(), "labels": LABEL_SETS[0]}
 
     def extra_details(self, outputs: dict, grid, checkpoint: dict) -> dict[str, Any]:
         """Both segmentations on the fixed grid, with the checkpoint's label names."""

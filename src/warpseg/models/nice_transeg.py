@@ -3,8 +3,10 @@
 ``R(I_m, I_f) = (phi, S_M, S_F)`` (METHODS.md §2; slides ``nice-transeg_slides.txt``). The dual-path
 encoder, the affine step and the registration decoder are NICE-Trans's (:class:`NiceTrans` is the
 base class). Two segmentation decoders, one for the moving and one for the fixed image, are built
-like the registration decoder (a 1x1 fuse conv and a Swin block pair per level, a 3x3 conv +
-LeakyReLU at full resolution) and end in a 1x1 conv to ``num_labels`` logits.
+like the registration decoder (a 1x1 fuse conv and a refining block per level) and end in a 1x1
+conv to ``num_labels`` logits. The refining block is a Swin block pair on the coarse levels
+(``branch_swin_from = 2`` onwards: 40x48 pixels and coarser for a 160x192 slice) and a 3x3 conv +
+LeakyReLU on the two finer ones.
 
 Progressive coupling (as in PGCNet: concatenate, then fuse), at every level ``k``, coarse to fine,
 with ``phi_k`` the transform before the level's residual and ``R`` the registration decoder state
@@ -17,7 +19,12 @@ of the previous level (upsampled):
   residual step. The segmentation branches start from the coarsest encoder features.
 
 Deviations: the slides give no layer-level detail of the coupling; the above is our reading of
-"exchange features at every decoder level". The branches have NICE-Trans's (small) widths.
+"exchange features at every decoder level". The branches have NICE-Trans's (small) widths. Swin
+pairs on every level of both branches made inference about 2-2.7x NICE-Trans's time (the slides
+report ~3x, and call the cost the model's weakness); nearly all of the extra time is the Swin pair
+at level 1 (80x96), and with convs on the two finest levels it is about 1.3-1.6x (CPU, 160x192).
+Windowed attention matters least there: at those levels a 5-pixel window sees a small fraction of
+the image, as a conv does.
 """
 from __future__ import annotations
 
@@ -40,6 +47,7 @@ class SegmentationBranch(nn.Module):
     ndim, widths, heads, window, mlp_ratio : as :class:`NiceTrans` (``heads`` for levels 2..).
     input_widths : channels entering each level's fuse conv, fine to coarse.
     num_labels : output classes, background included.
+    swin_from : first level (0 = full resolution) refined by a Swin pair; finer levels use a conv.
 
     Shapes
     ------
@@ -49,12 +57,14 @@ class SegmentationBranch(nn.Module):
     """
 
     def __init__(self, ndim: int, widths: Sequence[int], input_widths: Sequence[int], heads: Sequence[int],
-                 window: int, mlp_ratio: float, num_labels: int) -> None:
+                 window: int, mlp_ratio: float, num_labels: int, swin_from: int) -> None:
         super().__init__()
         conv = conv_layer(ndim)
         self.fuse = nn.ModuleList([conv(inputs, width, 1) for inputs, width in zip(input_widths, widths)])
         self.refine = nn.ModuleList([ConvActivation(ndim, widths[0], widths[0])] + [
-            SwinBlockPair(width, head, ndim, window, mlp_ratio) for width, head in zip(widths[1:], heads)])
+            SwinBlockPair(width, head, ndim, window, mlp_ratio) if level >= max(1, swin_from)
+            else ConvActivation(ndim, width, width)
+            for level, (width, head) in enumerate(zip(widths[1:], heads), start=1)])
         self.classify = conv(widths[0], num_labels, 1)
 
     def step(self, level: int, inputs: list[torch.Tensor]) -> torch.Tensor:
@@ -70,6 +80,7 @@ class NiceTranseg(NiceTrans):
     Parameters
     ----------
     num_labels : segmentation classes including background (5 for seg4, 36 for seg35).
+    branch_swin_from : first level whose segmentation-branch block is a Swin pair (module docstring).
     others : as :class:`NiceTrans`. With ``affine_only`` the ``displacement`` is the affine's; the
         segmentations still come from the full coupled decoder.
 
@@ -80,17 +91,17 @@ class NiceTranseg(NiceTrans):
     ``fixed_segmentation``: logits ``(B, num_labels, *S)`` of the moving and the fixed image.
     """
 
-    def __init__(self, ndim: int = 2, num_labels: int = 5, **options) -> None:
+    def __init__(self, ndim: int = 2, num_labels: int = 5, branch_swin_from: int = 2, **options) -> None:
         if int(num_labels) < 2:
             raise ValueError(f"num_labels counts background too and must be >= 2, got {num_labels}")
-        self.num_labels = int(num_labels)
+        self.num_labels, self.branch_swin_from = int(num_labels), int(branch_swin_from)
         super().__init__(ndim=ndim, **options)
         self._build_segmentation_branches()
 
     @property
     def config(self) -> dict:
         """Constructor arguments: ``NiceTranseg(**model.config)`` rebuilds this architecture."""
-        return {**super().config, "num_labels": self.num_labels}
+        return {**super().config, "num_labels": self.num_labels, "branch_swin_from": self.branch_swin_from}
 
     def fuse_width(self, width: int, state: int) -> int:
         """The registration fuse also takes the fixed and the warped moving segmentation features."""
@@ -100,7 +111,8 @@ class NiceTranseg(NiceTrans):
         widths = self.channels
         states = widths[1:] + [widths[-1]]
         common = dict(ndim=self.ndim, widths=widths, heads=self.heads, window=self.window,
-                      mlp_ratio=self.mlp_ratio, num_labels=self.num_labels)
+                      mlp_ratio=self.mlp_ratio, num_labels=self.num_labels,
+                      swin_from=self.branch_swin_from)
         self.moving_branch = SegmentationBranch(
             input_widths=[width + 2 * state for width, state in zip(widths, states)], **common)
         self.fixed_branch = SegmentationBranch(
