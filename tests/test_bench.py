@@ -54,3 +54,43 @@ def test_method_variants_carry_their_options():
     assert "nice-trans[refine=100]" in default_methods(2) and "nir" in default_methods(2)
     with pytest.raises(Exception, match="NAME\\[KEY=VALUE"):
         parse_variant("nir[iterations=3")
+
+
+def test_segmentation_benchmark_scores_held_out_targets_on_the_seg4_scale(tmp_path, shared_data):
+    """Identity atlas propagation: the table's Dice is the atlas labels' Dice against the target's seg4
+    truth (seg35 merged to seg4 first); the corrupted copy keeps the geometry and changes the image."""
+    import numpy as np
+
+    from warpseg.bench.segmentation import corrupted, load_atlas, load_targets, run_segmentation_benchmark
+    from warpseg.learning.label_maps import to_seg4_lookup
+    from warpseg.metrics import dice_per_label
+
+    output = tmp_path / "BENCHMARKS.md"
+    tables = run_segmentation_benchmark(shared_data, methods=["atlas-propagation[registration=identity]"],
+                                        ndims=[2], corrupt=True, output=output)
+    for label_set, atlas_name, target_name in (("seg4", "subjX", "vxm"), ("seg35", "vxm", "subjY")):
+        _, atlas_labels = load_atlas(shared_data, atlas_name, 2, label_set)
+        target = load_targets(shared_data, target_name, 2, corrupt=False)[0]
+        merged = to_seg4_lookup(shared_data, label_set)[np.asarray(atlas_labels.array, dtype=np.int64)]
+        expected = np.mean(list(dice_per_label(merged, np.asarray(target.seg4.array)).values()))
+        rows = tables[(2, label_set)]["atlas-propagation[registration=identity]"]
+        assert [row["target"] for row in rows] == [target_name, f"{target_name}+noise+bias"]
+        assert rows[0]["dice_mean"] == pytest.approx(expected)
+    text = output.read_text()
+    assert "<!-- bench:segment-seg4-2d -->" in text and "<!-- bench:segment-seg35-2d -->" in text
+    image = load_targets(shared_data, "vxm", 2, corrupt=False)[0].image
+    copy = corrupted(image)
+    assert copy.shape == image.shape and np.allclose(copy.affine, image.affine)
+    assert 0.01 < np.abs(copy.array - image.array).mean() < 0.2
+
+
+def test_components_per_label_counts_separate_pieces():
+    import numpy as np
+
+    from warpseg.bench.segmentation import components_per_label
+
+    labels = np.zeros((20, 20), dtype=np.uint8)
+    labels[2:5, 2:5] = 1
+    labels[10:12, 10:12] = 1
+    labels[15:18, 2:5] = 2
+    assert components_per_label(labels) == pytest.approx(1.5)

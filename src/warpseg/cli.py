@@ -274,6 +274,11 @@ def _add_bench(commands) -> None:
     command.add_argument("--output", type=Path, default=Path("BENCHMARKS.md"))
     command.add_argument("--viewer", action="store_true",
                          help="measure the napari viewer's responsiveness while registering instead (needs a display)")
+    command.add_argument("--segmentation", action="store_true",
+                         help="benchmark segmentation instead: few-shot networks and atlas propagation on held-out subjects")
+    command.add_argument("--labels", default="seg4,seg35", help="--segmentation: label sets, comma-separated")
+    command.add_argument("--corrupt", action="store_true",
+                         help="--segmentation: also segment copies with added noise and bias field")
     command.set_defaults(run=_run_bench)
 
 
@@ -287,6 +292,12 @@ def _run_bench(args) -> int:
         from warpseg.bench.viewer import run_viewer_benchmark
 
         run_viewer_benchmark(methods, args.output)
+        return 0
+    if args.segmentation:
+        from warpseg.bench.segmentation import run_segmentation_benchmark
+
+        run_segmentation_benchmark(args.data, methods=methods, ndims=args.ndim or [2], corrupt=args.corrupt,
+                                   label_sets=tuple(args.labels.split(",")), output=args.output)
         return 0
     run_benchmark(args.data, methods=methods, ndims=args.ndim or [2, 3], max_pairs=args.max_pairs,
                   output=args.output)

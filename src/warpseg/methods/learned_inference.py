@@ -34,8 +34,13 @@ class ShippedWeights:
 
     @classmethod
     def has_shipped_weights(cls, ndim: int) -> bool:
+        """True when weights ship for ``ndim`` dimensions (for the default label set)."""
+        return cls().has_weights_for(ndim)
+
+    def has_weights_for(self, ndim: int) -> bool:
+        """True when this instance's weights (given, or shipped for its label set) exist for ``ndim``."""
         try:
-            return cls().weights_path(ndim).is_file()
+            return self.weights_path(ndim).is_file()
         except InputError:
             return False
 

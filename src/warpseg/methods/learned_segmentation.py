@@ -5,6 +5,7 @@ import time
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from warpseg.learning.label_maps import LABEL_SETS
 from warpseg.methods.base import Progress
 from warpseg.methods.learned_inference import (
     ShippedWeights, checkpoint_label_names, labels_to_native_grid, load_learned_model, model_grid, to_model_grid,
@@ -17,8 +18,7 @@ if TYPE_CHECKING:
     from warpseg.io import Volume
 
 TRAINING_HINT = " --data ../shared/data"
-LABEL_SETS = ("seg4", "seg35")
-"""Label sets the few-shot networks are trained and shipped for (seg4 first: the default)."""
+
 
 
 class LearnedSegmentation(ShippedWeights, SegmentationMethod):

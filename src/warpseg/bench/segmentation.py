@@ -1,0 +1,209 @@
+"""Segmentation benchmark: few-shot networks against atlas propagation, on held-out dev subjects.
+
+Protocol, per label set (the one the few-shot networks are trained with, see ``learning/few_shot.py``):
+
+* ``seg4``: atlas ``subjX`` (the first of the K = 5 labelled atlases), target ``vxm`` (held out).
+* ``seg35``: atlas ``vxm`` (the only seg35 subject: 1-shot), target ``subjY`` (held out). ``subjY``
+  has no seg35 truth, so every seg35 prediction is merged to seg4 (``labels/seg35_to_seg4.tsv``)
+  and scored against its seg4 labels.
+
+Atlas-based methods get the atlas image and labels; learned methods their shipped weights for the
+label set (option ``labels``). With ``corrupt`` every target is also segmented as a corrupted copy
+(Gaussian noise and a smooth multiplicative bias field, fixed seed). Topology: connected components
+per label of the prediction, beside the atlas's count.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from warpseg.bench.pairs import default_data_dir
+from warpseg.bench.report import machine_description, replace_section
+
+PROTOCOL = {"seg4": ("subjX", ("vxm",)), "seg35": ("vxm", ("subjY",))}
+"""``label set: (atlas subject, held-out target subjects)``."""
+ATLAS_PROPAGATION_ROWS = ("atlas-propagation[registration=ants-syn]", "atlas-propagation[registration=sitk-demons]")
+NOISE_STD, BIAS_AMPLITUDE = 0.05, 0.3
+"""Corruption: noise std (image normalised to [0, 1]); bias field exp(+-amplitude), smooth over the image."""
+STACK_SLICE = 19  # the 2D slice z=109 inside the 41-slice stacks
+
+
+@dataclass(frozen=True)
+class Target:
+    """An image to segment with its seg4 truth; ``name`` says which subject and corruption."""
+
+    name: str
+    image: object
+    seg4: object
+
+
+def default_segmentation_methods(ndim: int, label_set: str) -> list[str]:
+    """The few-shot networks with shipped weights for ``label_set``, and atlas propagation."""
+    from warpseg.methods import SEGMENTATION_METHODS
+
+    learned = [name for name, method in SEGMENTATION_METHODS.items()
+               if label_set in getattr(method, "label_sets", ()) and method(labels=label_set).has_weights_for(ndim)]
+    return learned + list(ATLAS_PROPAGATION_ROWS)
+
+
+def run_segmentation_benchmark(data_dir: Path | None, *, methods: list[str] | None = None, ndims=(2,),
+                               label_sets=("seg4", "seg35"), corrupt: bool = False,
+                               output: Path = Path("BENCHMARKS.md")) -> dict:
+    """Segment the held-out targets with each method; return the rows and write one section per table."""
+    data_dir = Path(data_dir) if data_dir else default_data_dir()
+    tables = {}
+    for ndim in ndims:
+        for label_set in label_sets:
+            atlas_name, target_names = PROTOCOL[label_set]
+            atlas = load_atlas(data_dir, atlas_name, ndim, label_set)
+            targets = [target for name in target_names for target in load_targets(data_dir, name, ndim, corrupt)]
+            lookup = _seg4_lookup(data_dir, label_set)
+            rows = {spec: _measure_method(spec, label_set, atlas, targets, lookup)
+                    for spec in (methods or default_segmentation_methods(ndim, label_set))}
+            tables[(ndim, label_set)] = rows
+            body = render_segmentation_table(ndim, label_set, atlas_name, atlas, rows, machine_description())
+            replace_section(output, f"segment-{label_set}-{ndim}d", body)
+    return tables
+
+
+def _measure_method(spec: str, label_set: str, atlas, targets: list[Target], lookup: np.ndarray) -> list[dict]:
+    from warpseg.bench.run import parse_variant
+    from warpseg.methods import get_segmenter
+
+    name, options = parse_variant(spec)
+    method = get_segmenter(name)
+    if label_set in getattr(method, "label_sets", ()):
+        options.setdefault("labels", label_set)
+    if not method.needs_atlas:
+        _segment(name, options, targets[0], atlas, lookup)  # warm-up: load the model once, not timed
+    return [_segment(name, options, target, atlas, lookup, spec) for target in targets]
+
+
+def _segment(name: str, options: dict, target: Target, atlas, lookup: np.ndarray, label: str = "") -> dict:
+    from warpseg.engine import run_to_end, segment
+    from warpseg.metrics import label_metrics
+
+    method_atlas = atlas if _needs_atlas(name) else None
+    result = run_to_end(segment(target.image, name, atlas=method_atlas, device="auto", options=options))
+    predicted = lookup[np.asarray(result.segmentation.array, dtype=np.int64)]
+    metrics = label_metrics(predicted, np.asarray(target.seg4.array), tuple(float(s) for s in target.image.spacing))
+    row = {"target": target.name, "seconds": result.seconds, "device": result.device,
+           "dice_mean": metrics["dice_mean"], "hd95_mean": metrics["hd95_mean"],
+           "components": components_per_label(np.asarray(result.segmentation.array))}
+    if label:
+        print(f"[bench segment] {label:44s} {target.name:18s} Dice {row['dice_mean']:.3f}  "
+              f"{row['components']:.1f} components/label  {row['seconds']:.2f}s", file=sys.stderr)
+    return row
+
+
+def _needs_atlas(name: str) -> bool:
+    from warpseg.methods import get_segmenter
+
+    return get_segmenter(name).needs_atlas
+
+
+def components_per_label(labels: np.ndarray) -> float:
+    """Mean number of connected components (full connectivity) over the foreground labels present."""
+    from scipy import ndimage
+
+    present = [value for value in np.unique(labels) if value != 0]
+    if not present:
+        return float("nan")
+    structure = np.ones((3,) * labels.ndim, dtype=bool)
+    return float(np.mean([ndimage.label(labels == value, structure)[1] for value in present]))
+
+
+def load_atlas(data_dir: Path, subject: str, ndim: int, label_set: str):
+    """The atlas ``(image, labels)`` volumes of ``subject`` in ``label_set``."""
+    from warpseg.io import Volume, read_volume
+
+    image = read_volume(data_dir / _image_file(subject, ndim), labels=False)
+    if label_set == "seg4":
+        return image, read_volume(data_dir / _seg4_file(subject, ndim), labels=True)
+    from warpseg.learning.label_maps import label_set_names
+
+    if ndim == 3:
+        labels = read_volume(data_dir / f"oasis3d/{subject}_aligned_seg35.nii.gz", labels=True)
+    else:
+        stack = read_volume(data_dir / f"oasis2d/{subject}_stack_z090-130_seg35.nii.gz", labels=True)
+        labels = Volume(np.asarray(stack.array)[..., STACK_SLICE], image.affine, is_labels=True)
+    names = {key: value for key, value in label_set_names(data_dir, label_set).items() if key}
+    return image, Volume(labels.array, labels.affine, is_labels=True, label_names=names)
+
+
+def load_targets(data_dir: Path, subject: str, ndim: int, corrupt: bool) -> list[Target]:
+    """The subject's image with its seg4 truth, and (``corrupt``) its corrupted copy."""
+    from warpseg.io import read_volume
+
+    image = read_volume(data_dir / _image_file(subject, ndim), labels=False)
+    seg4 = read_volume(data_dir / _seg4_file(subject, ndim), labels=True)
+    targets = [Target(subject, image, seg4)]
+    if corrupt:
+        targets.append(Target(f"{subject}+noise+bias", corrupted(image), seg4))
+    return targets
+
+
+def corrupted(image, seed: int = 0):
+    """A copy of ``image`` with a smooth multiplicative bias field and Gaussian noise (module constants).
+
+    The bias is ``exp(a * b(x))`` with ``b`` a 4-knots-per-axis random field, cubic-interpolated over
+    the image and scaled to [-1, 1]; the noise std is relative to the image's intensity range.
+    """
+    from scipy import ndimage
+
+    from warpseg.io import Volume
+
+    rng = np.random.default_rng(seed)
+    array = np.asarray(image.array, dtype=np.float32)
+    knots = rng.standard_normal((4,) * array.ndim)
+    field = ndimage.zoom(knots, [size / 4 for size in array.shape], order=3)[tuple(slice(0, s) for s in array.shape)]
+    field = field / (np.abs(field).max() + 1e-8)
+    span = float(array.max() - array.min()) or 1.0
+    noisy = array * np.exp(BIAS_AMPLITUDE * field) + rng.normal(0.0, NOISE_STD * span, array.shape)
+    return Volume(noisy.astype(np.float32), image.affine, is_labels=False)
+
+
+def _image_file(subject: str, ndim: int) -> str:
+    return f"oasis2d/{subject}_slice_norm.nii.gz" if ndim == 2 else f"oasis3d/{subject}_aligned_norm.nii.gz"
+
+
+def _seg4_file(subject: str, ndim: int) -> str:
+    return f"oasis2d/{subject}_slice_seg4.nii.gz" if ndim == 2 else f"oasis3d/{subject}_aligned_seg4.nii.gz"
+
+
+def _seg4_lookup(data_dir: Path, label_set: str) -> np.ndarray:
+    from warpseg.learning.label_maps import to_seg4_lookup
+
+    return to_seg4_lookup(data_dir, label_set)
+
+
+def render_segmentation_table(ndim: int, label_set: str, atlas_name: str, atlas, rows: dict[str, list[dict]],
+                              machine: str) -> str:
+    """A Markdown section: Dice (seg4 scale) per target kind, topology and time per method."""
+    import datetime
+
+    kinds = sorted({row["target"] for measured in rows.values() for row in measured}, key=len)
+    atlas_components = components_per_label(np.asarray(atlas[1].array))
+    merged = " merged to seg4" if label_set != "seg4" else ""
+    lines = [
+        f"## Segmentation, {ndim}D, {label_set} (atlas {atlas_name}, held-out target{'s' if len(kinds) > 1 else ''} "
+        f"{', '.join(kinds)})",
+        "",
+        f"Run {datetime.date.today().isoformat()} on {machine}. Dice: mean over the seg4 classes of the target's "
+        f"truth (predictions{merged or ' in seg4'}); components: connected components per predicted label "
+        f"(the atlas: {atlas_components:.1f}); time: the whole segmentation job per image (atlas propagation "
+        "includes its registration).",
+        "",
+        "| method | " + " | ".join(f"Dice {kind}" for kind in kinds) + " | components / label | s / image |",
+        "|---|" + "---|" * len(kinds) + "---|---|",
+    ]
+    for spec, measured in rows.items():
+        by_kind = {row["target"]: row for row in measured}
+        dice = " | ".join(f"{by_kind[kind]['dice_mean']:.3f}" if kind in by_kind else "—" for kind in kinds)
+        components = np.mean([row["components"] for row in measured])
+        seconds = np.mean([row["seconds"] for row in measured])
+        lines.append(f"| {spec} | {dice} | {components:.1f} | {seconds:.3f} |")
+    return "\n".join(lines) + "\n"
