@@ -55,7 +55,7 @@ def test_pairs_csv_paths_are_relative_to_it_and_ids_default_to_file_names(tmp_pa
     ("moving,target\na.nii,b.nii\n", "missing"),
     ("moving,fixed\na.nii,b.nii\nc/a.nii,b.nii\n", "more than one row"),
     ("moving,fixed,id\na.nii,b.nii,..\n", "cannot name"),
-    ("moving,fixed\n", "no pairs"),
+    ("moving,fixed\n", "no rows listed"),
 ])
 def test_bad_pairs_files_are_refused_with_what_to_do(tmp_path, text, message):
     (tmp_path / "pairs.csv").write_text(text)
@@ -156,3 +156,39 @@ def test_the_projection_states_its_assumptions_and_does_the_arithmetic(tmp_path)
     assert "<!-- bench:batch -->" in text and "**1.41x**" in text
     assert "not measured" in text and "Assumed" in text and "1.50 s of transfer" in text
     assert "**5.8 min** (in turns) to **3.3 min** (overlapped)" in text  # 100 x (2 + 1.5) s and 100 x 2 s
+
+
+def test_batch_segment_scores_each_image_and_records_failures(tmp_path, capsys):
+    """`batch segment`: atlas propagation per row, Dice against the row's reference labels, a row
+    with a missing atlas recorded as failed, finished rows skipped on a rerun."""
+    write_pairs(tmp_path, 2)  # data/m<i> (atlas), data/f<i> (image) with their labels
+    images = tmp_path / "images.csv"
+    images.write_text("image,atlas,atlas_labels,labels,id\n"
+                      "data/f0.nii.gz,data/m0.nii.gz,data/ml0.nii.gz,data/fl0.nii.gz,\n"
+                      "data/f1.nii.gz,data/m1.nii.gz,data/ml1.nii.gz,data/fl1.nii.gz,second\n"
+                      "data/f1.nii.gz,data/gone.nii.gz,data/ml1.nii.gz,,broken\n")
+    out = tmp_path / "out"
+    argv = ["batch", "segment", "--images", str(images), "--method", "atlas-propagation",
+            "--option", "registration=identity", "--device", "cpu", "--out", str(out)]
+    assert main(argv) == 1
+    summary = {row["id"]: row for row in read_summary(out)}
+    assert list(summary) == ["f0", "second", "broken"]
+    assert summary["broken"]["status"] == "failed" and "gone.nii.gz" in summary["broken"]["error"]
+    for row_id in ("f0", "second"):
+        assert summary[row_id]["status"] == "ok" and 0 < float(summary[row_id]["dice_mean"]) <= 1
+        assert (out / row_id / "segmentation.nii.gz").is_file() and float(summary[row_id]["seconds_total"]) > 0
+    assert not (out / "broken").exists() and "[batch] 3/3" in capsys.readouterr().err
+    assert main(argv) == 1
+    assert {row["id"]: row["status"] for row in read_summary(out)} == {"f0": "skipped", "second": "skipped",
+                                                                       "broken": "failed"}
+
+
+def test_images_csv_needs_both_atlas_columns(tmp_path):
+    from warpseg.batch import read_images
+
+    (tmp_path / "images.csv").write_text("image,atlas\na.nii.gz,b.nii.gz\n")
+    with pytest.raises(InputError, match="both atlas and atlas_labels"):
+        read_images(tmp_path / "images.csv")
+    (tmp_path / "images.csv").write_text("moving\na.nii.gz\n")
+    with pytest.raises(InputError, match="header must be image"):
+        read_images(tmp_path / "images.csv")

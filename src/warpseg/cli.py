@@ -305,9 +305,10 @@ def _run_bench(args) -> int:
 
 
 def _add_batch(commands) -> None:
-    command = commands.add_parser("batch", help="many registrations from a pairs CSV, on local processes or a Dask cluster")
+    command = commands.add_parser("batch", help="many registrations or segmentations from a CSV, on local processes or a Dask cluster")
     batch_commands = command.add_subparsers(title="batch commands")
     _add_batch_register(batch_commands)
+    _add_batch_segment(batch_commands)
     _add_batch_bench(batch_commands)
 
 
@@ -315,9 +316,23 @@ def _add_batch_register(commands) -> None:
     command = commands.add_parser("register", help="register every row of a pairs CSV; writes OUT/<id>/ and OUT/summary.csv")
     command.add_argument("--pairs", type=Path, required=True,
                          help="CSV with columns moving,fixed[,moving_labels,fixed_labels,id]; paths relative to the CSV")
+    _add_batch_job_options(command, "iterations=50")
+    command.set_defaults(run=_run_batch_register)
+
+
+def _add_batch_segment(commands) -> None:
+    command = commands.add_parser("segment", help="segment every row of an images CSV; writes OUT/<id>/ and OUT/summary.csv")
+    command.add_argument("--images", type=Path, required=True,
+                         help="CSV with columns image[,atlas,atlas_labels,labels,id] (labels: a reference to score); "
+                              "paths relative to the CSV")
+    _add_batch_job_options(command, "registration=sitk-demons")
+    command.set_defaults(run=_run_batch_segment)
+
+
+def _add_batch_job_options(command, option_example: str) -> None:
     command.add_argument("--method", required=True, help="see `warpseg methods`")
     command.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                         help="a method option, e.g. --option iterations=50 (repeatable)")
+                         help=f"a method option, e.g. --option {option_example} (repeatable)")
     command.add_argument("--weights", default=None, help="weights file for learned methods (a path the workers can read)")
     command.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="chosen on each worker")
     command.add_argument("--out", type=Path, required=True, help="output folder (rows already there are skipped)")
@@ -325,15 +340,27 @@ def _add_batch_register(commands) -> None:
                          help="a Dask scheduler, e.g. tcp://10.0.0.5:8786 (default: a local cluster)")
     command.add_argument("--workers", type=int, default=1, help="local worker processes (without --scheduler; default 1, in-process)")
     command.add_argument("--quiet", action="store_true", help="print no progress")
-    command.set_defaults(run=_run_batch_register)
 
 
 def _run_batch_register(args) -> int:
-    from warpseg.batch import BatchJob, read_pairs, run_batch
+    from warpseg.batch import read_pairs
     from warpseg.methods import get_method
 
     get_method(args.method)  # fail before starting a cluster
-    rows = read_pairs(args.pairs)
+    return _run_batch(args, read_pairs(args.pairs))
+
+
+def _run_batch_segment(args) -> int:
+    from warpseg.batch import read_images
+    from warpseg.methods import get_segmenter
+
+    get_segmenter(args.method)
+    return _run_batch(args, read_images(args.images))
+
+
+def _run_batch(args, rows: list) -> int:
+    from warpseg.batch import BatchJob, run_batch
+
     job = BatchJob(args.method, parse_options(args.option), args.weights, args.device)
     records = run_batch(rows, job, args.out, scheduler=args.scheduler, workers=args.workers,
                         on_row=None if args.quiet else print_batch_row)
@@ -345,9 +372,10 @@ def _run_batch_register(args) -> int:
 
 def print_batch_row(record: dict, done: int, total: int) -> None:
     """One line on stderr per finished row of a batch."""
-    detail = record["error"] or f"{record['seconds_registration'] or 0:.2f} s"
+    detail = record["error"] or f"{record['seconds_registration'] or record['seconds_total'] or 0:.2f} s"
     if record.get("dice_mean") is not None:
-        detail += f", Dice {record['dice_before']:.3f} -> {record['dice_mean']:.3f}"
+        before = f"{record['dice_before']:.3f} -> " if record.get("dice_before") is not None else ""
+        detail += f", Dice {before}{record['dice_mean']:.3f}"
     worker = f" on {record['worker']}" if record.get("worker") else ""
     print(f"[batch] {done}/{total} {record['status']:7s} {record['id']}: {detail}{worker}", file=sys.stderr)
 

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from warpseg.batch.pairs import BatchJob, PairRow
+from warpseg.batch.pairs import BatchJob, ImageRow, PairRow
 from warpseg.batch.summary import failed_record, is_finished, record_from_folder, write_summary
 from warpseg.errors import WarpsegError
 
@@ -39,9 +39,11 @@ def open_client(scheduler: str | None = None, workers: int = 1, processes: bool 
         yield client
 
 
-def run_batch(rows: list[PairRow], job: BatchJob, out_dir: str | Path, *, client=None, scheduler: str | None = None,
-              workers: int = 1, on_row: RowCallback | None = None) -> list[dict[str, Any]]:
-    """Register every row into ``out_dir/<id>/`` and write ``out_dir/summary.csv``; return the records.
+def run_batch(rows: list[PairRow] | list[ImageRow], job: BatchJob, out_dir: str | Path, *, client=None,
+              scheduler: str | None = None, workers: int = 1, on_row: RowCallback | None = None
+              ) -> list[dict[str, Any]]:
+    """Register (pair rows) or segment (image rows) every row into ``out_dir/<id>/`` and write
+    ``out_dir/summary.csv``; return the records.
 
     Rows whose ``result.json`` exists are skipped; the others run as one Dask task each, on
     ``client`` or on a client opened with :func:`open_client`. A failing row is recorded with
@@ -67,14 +69,15 @@ def run_batch(rows: list[PairRow], job: BatchJob, out_dir: str | Path, *, client
     return ordered
 
 
-def _run_rows(client, rows: list[PairRow], job: BatchJob, out_dir: Path, report: Callable) -> None:
+def _run_rows(client, rows: list, job: BatchJob, out_dir: Path, report: Callable) -> None:
     """Submit one task per row and report each record as its task ends (a lost task as failed)."""
     from distributed import as_completed
 
-    from warpseg.batch.task import register_row
+    from warpseg.batch.task import register_row, segment_row
 
     batch_token = uuid.uuid4().hex[:8]
-    futures = {client.submit(register_row, row, job, str(out_dir), key=f"warpseg-register-{row.id}-{batch_token}",
+    task, kind = (segment_row, "segment") if isinstance(rows[0], ImageRow) else (register_row, "register")
+    futures = {client.submit(task, row, job, str(out_dir), key=f"warpseg-{kind}-{row.id}-{batch_token}",
                              pure=False): row for row in rows}
     for future in as_completed(futures):
         row = futures[future]

@@ -19,9 +19,11 @@ def is_finished(folder: Path) -> bool:
 
 
 def record_from_summary(row_id: str, summary: dict[str, Any], status: str, worker: str = "") -> dict[str, Any]:
-    """A summary record from a ``result.json`` dictionary."""
+    """A summary record from a ``result.json`` dictionary (a segmentation's ``seconds`` is its total)."""
     record = {"id": row_id, "status": status, "error": "", "worker": worker}
     record.update({key: summary.get(key) for key in METRIC_COLUMNS})
+    if "seconds" in summary:
+        record["seconds_total"] = summary["seconds"]
     return record
 
 
