@@ -43,3 +43,29 @@ def test_ncc():
     x = np.random.default_rng(1).random((8, 9))
     assert normalized_cross_correlation(x, x) == pytest.approx(1.0)
     assert normalized_cross_correlation(x, -2 * x + 3) == pytest.approx(-1.0)
+
+
+def test_surface_distances_match_monai_definitions():
+    """Our one-pass HD95/ASD equal MONAI's compute_hausdorff_distance / compute_average_surface_distance."""
+    import warnings
+
+    import torch
+    from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance
+
+    rng = np.random.default_rng(3)
+    grid = np.indices((30, 34, 28)).astype(float)
+    centre = np.array([15.0, 17.0, 14.0])[:, None, None, None]
+    radius = np.sqrt(((grid - centre) ** 2).sum(0))
+    predicted = (radius < 9).astype(np.uint8) + (radius < 4)
+    reference = (radius + rng.normal(0, 1.0, radius.shape) < 10).astype(np.uint8) + (radius < 5)
+    spacing = (1.0, 1.3, 0.8)
+    ours = surface_distances(predicted, reference, spacing)
+    for label, (hd95, asd) in ours.items():
+        pred, ref = (torch.as_tensor(a == label)[None, None] for a in (predicted, reference))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            expected_hd = compute_hausdorff_distance(pred, ref, include_background=True, percentile=95, spacing=list(spacing))
+            expected_asd = compute_average_surface_distance(pred, ref, include_background=True, symmetric=True,
+                                                            spacing=list(spacing))
+        assert hd95 == pytest.approx(float(expected_hd), rel=1e-5)
+        assert asd == pytest.approx(float(expected_asd), rel=1e-5)

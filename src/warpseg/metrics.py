@@ -1,8 +1,6 @@
 """Evaluation metrics shared by every method: Dice, HD95, ASD, NCC and folding."""
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 
 
@@ -26,26 +24,37 @@ def surface_distances(predicted: np.ndarray, reference: np.ndarray,
                       spacing: tuple[float, ...]) -> dict[int, tuple[float, float]]:
     """``{label: (HD95, ASD)}`` in mm for every foreground label present in ``reference``.
 
-    A label missing from ``predicted`` gets ``(nan, nan)``. Uses MONAI's surface-distance metrics.
+    Surfaces are the voxels of a mask that its (cross-shaped) erosion removes; HD95 is the larger
+    of the two directed 95th percentiles of surface-to-surface distances, ASD the mean of both
+    directions together (MONAI's definitions). One distance transform per surface, computed on the
+    bounding box of both masks (a voxel margin around it). A label missing from ``predicted`` gets
+    ``(nan, nan)``.
     """
-    import torch
-    from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance
+    from scipy import ndimage
 
     results = {}
     for label in labels_in(reference):
-        pred = torch.as_tensor(predicted == label)[None, None]
-        ref = torch.as_tensor(reference == label)[None, None]
-        if not bool(pred.any()):
+        pred, ref = predicted == label, reference == label
+        if not pred.any():
             results[label] = (float("nan"), float("nan"))
             continue
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            hd95 = compute_hausdorff_distance(pred, ref, include_background=True, percentile=95,
-                                              spacing=list(spacing))
-            asd = compute_average_surface_distance(pred, ref, include_background=True, symmetric=True,
-                                                   spacing=list(spacing))
+        box = _bounding_box(pred | ref, margin=1)
+        pred_surface, ref_surface = (mask[box] ^ ndimage.binary_erosion(mask[box]) for mask in (pred, ref))
+        to_reference = ndimage.distance_transform_edt(~ref_surface, sampling=spacing)[pred_surface]
+        to_prediction = ndimage.distance_transform_edt(~pred_surface, sampling=spacing)[ref_surface]
+        hd95 = max(np.percentile(to_reference, 95), np.percentile(to_prediction, 95))
+        asd = np.concatenate([to_reference, to_prediction]).mean()
         results[label] = (float(hd95), float(asd))
     return results
+
+
+def _bounding_box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
+    """Slices of the smallest box holding ``mask``'s voxels, grown by ``margin`` within the array."""
+    box = []
+    for axis in range(mask.ndim):
+        present = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        box.append(slice(max(0, present[0] - margin), min(mask.shape[axis], present[-1] + 1 + margin)))
+    return tuple(box)
 
 
 def normalized_cross_correlation(first: np.ndarray, second: np.ndarray) -> float:

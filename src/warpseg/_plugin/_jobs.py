@@ -22,6 +22,25 @@ from warpseg.methods.base import FINISH, Progress
 
 PROGRESS_INTERVAL = 0.05  # seconds between two progress records sent to the viewer
 CANCELLED = object()
+JOB_MODULES = ("torch", "torch._dynamo", "scipy.ndimage", "SimpleITK", "monai.losses", "warpseg.engine", "warpseg.metrics",
+               "warpseg.learning.losses")
+"""What jobs import on first use (several seconds here). Loading a library holds the GIL for hundreds
+of ms at a time, so imports inside a running job stall the viewer: the widgets start importing these
+in the background as soon as they open, while the user picks layers and options."""
+_preloading: threading.Thread | None = None
+
+
+def preload_job_modules() -> threading.Thread:
+    """Import :data:`JOB_MODULES` in a background thread, once per process; the thread is returned
+    (join it to wait until everything is imported)."""
+    import importlib
+
+    global _preloading
+    if _preloading is None:
+        _preloading = threading.Thread(target=lambda: [importlib.import_module(name) for name in JOB_MODULES],
+                                       name="warpseg-preload", daemon=True)
+        _preloading.start()
+    return _preloading
 
 
 def drive(make_job: Callable[[], Generator[Progress, None, Any]], finish: Callable[[Any], Any] | None,

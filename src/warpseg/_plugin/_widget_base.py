@@ -15,7 +15,7 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, Label, ProgressBar, PushButton
 from qtpy.QtWidgets import QSizePolicy
 
-from warpseg._plugin._jobs import JobHandle, ProgressClock, format_eta
+from warpseg._plugin._jobs import JobHandle, ProgressClock, format_eta, preload_job_modules
 from warpseg._plugin._layers import layer_to_volume
 from warpseg.errors import InputError, WarpsegError
 
@@ -32,6 +32,7 @@ class JobWidget(Container):
 
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__(labels=True)
+        preload_job_modules()
         self.viewer = napari_viewer
         self.run_button = PushButton(text=self.run_text)
         self.cancel_button = PushButton(text="Cancel", enabled=False, tooltip="stop and keep nothing")
