@@ -172,3 +172,23 @@ def test_labels_map_back_with_the_checkpoint_label_ids():
     assert labels.shape == (30, 37) and (labels == 3).all()
     volume = Volume(labels, np.eye(4), is_labels=True, label_names=NAMES)
     assert volume.label_names[3] == "core"
+
+
+def test_warm_start_from_nice_trans_registers_exactly_as_nice_trans(tmp_path):
+    """Copied and zero-widened weights: the new segmentation inputs of the fuse convs contribute nothing."""
+    from warpseg.learning.warm_start import initialise_from
+
+    torch.manual_seed(0)
+    source = NiceTrans(ndim=2, channels=TINY[2])
+    for parameter in source.parameters():  # move away from the (identity) initialisation
+        parameter.data.add_(0.05 * torch.randn_like(parameter))
+    path = save_checkpoint(tmp_path / "nice-trans.pt", method="nice-trans", model=source, preprocessing={},
+                           training={})
+    target = tiny_transeg(2)
+    counts = initialise_from(target, path)
+    assert counts["copied"] > 0 and counts["widened"] == len(TINY[2]) and counts["fresh"] > 0
+    moving, fixed = torch.rand(1, 1, 32, 32), torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        expected, got = source.eval()(moving, fixed), target.eval()(moving, fixed)
+    assert torch.allclose(expected["displacement"], got["displacement"], atol=1e-5)
+    assert expected["displacement"].abs().max() > 0.01

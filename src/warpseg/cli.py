@@ -224,6 +224,9 @@ def _add_train(commands) -> None:
     command.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     command.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
                          help="network constructor option, e.g. --model-option integration_steps=7")
+    command.add_argument("--init-from", default=None, metavar="CHECKPOINT",
+                         help="start from this checkpoint's weights where they fit (e.g. nice-transeg from nice-trans "
+                              "weights; convs that gained inputs get zeros there)")
     command.add_argument("--resume", action="store_true", help="continue from OUT's .state.pt file")
     command.add_argument("--distributed", action="store_true",
                          help="data-parallel training under torchrun (DDP: gloo on CPU, nccl on CUDA), e.g. "
@@ -255,7 +258,8 @@ def _run_train(args) -> int:
         validate_every=args.validate_every, validation_subjects=validation,
         label_maps=args.label_maps, spacing=args.spacing, device=resolve_device(args.device),
         model_options=parse_options(args.model_option), labels=args.labels, shots=shots,
-        segmentation_weight=args.segmentation_weight, consistency_weight=args.consistency_weight)
+        segmentation_weight=args.segmentation_weight, consistency_weight=args.consistency_weight,
+        init_from=str(args.init_from) if args.init_from else None)
     printer = ProgressPrinter(f"train {args.method}", 5.0) if is_main_process() else None
     path = run_to_end(train_registration(config, args.out, resume=args.resume, distributed=args.distributed), printer)
     if is_main_process():

@@ -48,6 +48,7 @@ class TrainingConfig:
     shots: int = 5  # K labelled atlases of few-shot segmentation training
     segmentation_weight: float = 1.0  # weighted cross-entropy + Dice on the labelled atlas
     consistency_weight: float = 1.0  # Dice(S_F, S_M o phi)
+    init_from: str | None = None  # checkpoint to warm-start from (learning/warm_start.py)
 
 
 @dataclass
@@ -134,6 +135,12 @@ def _train(config: TrainingConfig, out: Path, resume: bool, context) -> Generato
     history, step = [], 0
     if resume and state_file.exists():
         step, history = _resume(state_file, model, optimiser, generator, rank)
+    elif config.init_from:
+        from warpseg.learning.warm_start import initialise_from
+
+        warm = initialise_from(model, config.init_from)
+        yield Progress("train", 0, config.steps, "warm start from {from}: {copied} tensors copied, "
+                       "{widened} widened, {fresh} fresh".format(**warm))
     stepping_model = wrap_model(model, context) if context else model
     yield Progress("train", step, config.steps, "loading training data")
     data = task.load_data()
