@@ -106,9 +106,12 @@ class FewShotData:
     def sample(self, generator: torch.Generator) -> dict:
         """An augmented pair: ``moving`` a labelled atlas (with ``moving_labels``), ``fixed`` an unlabelled image.
 
+        When the fixed image is one of the K labelled atlases too (another one, or another slice),
+        its labels come as ``fixed_labels`` (registration may use them; nothing else is labelled).
+
         Shapes
         ------
-        moving, fixed ``(1, 1, *S)`` float; moving_labels ``(1, 1, *S)`` integer in the label set.
+        moving, fixed ``(1, 1, *S)`` float; moving_labels, fixed_labels ``(1, 1, *S)`` integer in the label set.
         """
         atlas = self.atlases[int(torch.randint(len(self.atlases), (1,), generator=generator))]
         fixed_subject = self._pick_unlabelled(atlas.name, generator)
@@ -118,8 +121,12 @@ class FewShotData:
         pair["moving"], pair["moving_labels"] = augment_pair_member(
             moving_image, atlas.labels[index: index + 1], generator, spacing=self.spacing)
         item = min(len(fixed_subject) - 1, max(0, index + int(torch.randint(-2, 3, (1,), generator=generator))))
-        pair["fixed"], _ = augment_pair_member(self._image(fixed_subject, item, generator), None, generator,
-                                               spacing=self.spacing)
+        labelled = fixed_subject.name in {subject.name for subject in self.atlases}
+        fixed_labels = fixed_subject.labels[item: item + 1] if labelled else None
+        pair["fixed"], fixed_labels = augment_pair_member(self._image(fixed_subject, item, generator), fixed_labels,
+                                                          generator, spacing=self.spacing)
+        if fixed_labels is not None:
+            pair["fixed_labels"] = fixed_labels
         return pair
 
     def _pick_unlabelled(self, atlas_name: str, generator: torch.Generator) -> Subject:
