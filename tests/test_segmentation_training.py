@@ -117,3 +117,22 @@ def test_train_then_segment_writes_the_checkpoint_label_ids_and_names(tmp_path, 
         assert read_volume(out / "segmentation.nii.gz", labels=True).label_names == record["label_names"]
     summary = json.loads((out / "result.json").read_text())
     assert summary["method"] == method and "dice_mean" in summary and summary["details"]["label_set"] == "seg4"
+
+
+def test_labelled_fixed_images_add_a_registration_dice_beside_the_segmentation_dice():
+    from warpseg.learning.segmentation_training import JointSegmentationLoss, nice_transeg_loss_terms
+    from warpseg.models import NiceTranseg
+
+    torch.manual_seed(0)
+    model = NiceTranseg(2, num_labels=3, channels=(4, 8, 8))
+    labels = torch.zeros(1, 1, 32, 32, dtype=torch.long)
+    labels[:, :, 8:24, 8:24] = 1
+    labels[:, :, 12:20, 12:20] = 2
+    pair = {"moving": labels.float() / 2, "moving_labels": labels, "fixed": labels.float() / 2}
+    loss = JointSegmentationLoss(2)
+    unlabelled = nice_transeg_loss_terms(model, loss, pair, "cpu")
+    labelled = nice_transeg_loss_terms(model, loss, {**pair, "fixed_labels": labels}, "cpu")
+    assert "registration_dice" not in unlabelled and "dice" in unlabelled
+    assert float(labelled["dice"]) == pytest.approx(float(unlabelled["dice"]))
+    assert 0 <= float(labelled["registration_dice"]) < 0.05  # identical labels, near-identity field
+    assert float(labelled["total"]) == pytest.approx(float(unlabelled["total"] + labelled["registration_dice"]))

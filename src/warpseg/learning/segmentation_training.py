@@ -55,6 +55,8 @@ def nice_transeg_loss_terms(model, loss_function: JointSegmentationLoss, pair: d
                    one_hot(pair["fixed_labels"].to(device), num_labels))
     terms = loss_function.registration(warp_image(moving, displacement), fixed, displacement, *onehots)
     del terms["total"]
+    if "dice" in terms:  # the segmentation terms below have a "dice" of their own
+        terms["registration_dice"] = terms.pop("dice")
     if outputs["affine_displacement"] is not displacement:
         terms["affine_similarity"] = loss_function.registration.similarity(
             warp_image(moving, outputs["affine_displacement"]), fixed)
