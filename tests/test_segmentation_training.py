@@ -119,7 +119,7 @@ def test_train_then_segment_writes_the_checkpoint_label_ids_and_names(tmp_path, 
     assert summary["method"] == method and "dice_mean" in summary and summary["details"]["label_set"] == "seg4"
 
 
-def test_labelled_fixed_images_add_a_registration_dice_beside_the_segmentation_dice():
+def test_labelled_fixed_images_add_registration_dice_and_fixed_branch_supervision():
     from warpseg.learning.segmentation_training import JointSegmentationLoss, nice_transeg_loss_terms
     from warpseg.models import NiceTranseg
 
@@ -135,4 +135,5 @@ def test_labelled_fixed_images_add_a_registration_dice_beside_the_segmentation_d
     assert "registration_dice" not in unlabelled and "dice" in unlabelled
     assert float(labelled["dice"]) == pytest.approx(float(unlabelled["dice"]))
     assert 0 <= float(labelled["registration_dice"]) < 0.05  # identical labels, near-identity field
-    assert float(labelled["total"]) == pytest.approx(float(unlabelled["total"] + labelled["registration_dice"]))
+    extra = labelled["registration_dice"] + labelled["fixed_cross_entropy"] + labelled["fixed_dice"]
+    assert float(labelled["total"]) == pytest.approx(float(unlabelled["total"] + extra))

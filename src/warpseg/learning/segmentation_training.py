@@ -7,7 +7,8 @@ NICE-Transeg (METHODS.md §2), every step one labelled atlas (moving) and one un
   image is labelled too (one of the K atlases; ``--dice-weight``, 1 by default). Without this term
   the joint training let registration drift: from NICE-Trans's weights (held-out registration Dice
   0.79) to 0.68 in 500 steps;
-* supervised, on the labelled side only: ``weighted CE(S_M, y_m) + (1 - Dice(S_M, y_m))``;
+* supervised, on the labelled side only: ``weighted CE(S_M, y_m) + (1 - Dice(S_M, y_m))``, and the
+  same for ``S_F`` when the fixed image is a labelled atlas too;
 * consistency: ``1 - Dice(S_F, S_M o phi)`` on softmax probabilities (gradients reach both branches
   and the field). All terms weigh 1 by default, as in the paper.
 
@@ -61,6 +62,9 @@ def nice_transeg_loss_terms(model, loss_function: JointSegmentationLoss, pair: d
         terms["affine_similarity"] = loss_function.registration.similarity(
             warp_image(moving, outputs["affine_displacement"]), fixed)
     terms.update(loss_function.supervised(outputs["moving_segmentation"], pair["moving_labels"].to(device)))
+    if "fixed_labels" in pair:  # a labelled fixed image supervises the fixed branch the same way
+        fixed_terms = loss_function.supervised(outputs["fixed_segmentation"], pair["fixed_labels"].to(device))
+        terms.update({f"fixed_{name}": value for name, value in fixed_terms.items()})
     if loss_function.consistency_weight > 0:
         warped_moving = warp_image(torch.softmax(outputs["moving_segmentation"], dim=1), displacement)
         fixed_probabilities = torch.softmax(outputs["fixed_segmentation"], dim=1)
