@@ -1,9 +1,9 @@
 """Regenerate the screenshots under docs/ (run under xvfb-run from the repository root):
 
-    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python docs/make_screenshots.py [register|compare|segment]
+    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python docs/make_screenshots.py [register|compare|segment|atlas]
 
 The result views come from the main job (`warpseg demo`); the compare and segment views from
-those widgets on the 2D sample pair.
+those widgets on the 2D sample pair; the atlas view from a short 2D atlas build on ../shared/data.
 """
 from __future__ import annotations
 
@@ -67,10 +67,24 @@ def segment_view() -> None:
     widget_view(SegmentationWidget, "Segment", "segment.png", shown=("fixed", "atlas-propagation: segmentation"))
 
 
+def atlas_view() -> None:
+    import tempfile
+
+    from warpseg._plugin._widget_atlas import AtlasWidget
+
+    out = Path(tempfile.mkdtemp()) / "atlas"
+
+    def short_build(widget) -> None:
+        widget.epochs.value, widget.steps.value, widget.out.value = 3, 50, str(out)
+
+    widget_view(AtlasWidget, "Build atlas", "atlas.png", setup=short_build, shown=("atlas: image", "atlas: labels"))
+    shutil.rmtree(out.parent)
+
+
 if __name__ == "__main__":
     import sys
 
     warnings.filterwarnings("ignore")
-    views = {"register": result_views, "compare": compare_view, "segment": segment_view}
+    views = {"register": result_views, "compare": compare_view, "segment": segment_view, "atlas": atlas_view}
     for name in sys.argv[1:] or views:
         views[name]()

@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(commands)
     _add_bench(commands)
     _add_batch(commands)
+    _add_atlas(commands)
+    _add_brbs(commands)
     _add_demo(commands)
     return parser
 
@@ -194,7 +196,7 @@ def _run_methods(args) -> int:
 def _add_train(commands) -> None:
     command = commands.add_parser("train", help="train a learned method on the shared data; writes a checkpoint")
     command.add_argument("method", help="registration: nice-trans, vxm, vxm-diff or lindef; few-shot segmentation: "
-                         "nice-transeg or seg-unet (with --labels and --shots)")
+                         "nice-transeg, seg-unet, pcreg-rt or brbs (with --labels and --shots)")
     command.add_argument("--data", type=Path, default=None, help="shared data folder (default: $WARPSEG_DATA or ../shared/data)")
     command.add_argument("--ndim", type=int, choices=[2, 3], required=True)
     command.add_argument("--out", type=Path, required=True, help="checkpoint file to write (.pt)")
@@ -216,7 +218,9 @@ def _add_train(commands) -> None:
     command.add_argument("--segmentation-weight", type=float, default=1.0,
                          help="segmentation methods: weight of weighted cross-entropy + Dice on the labelled atlas")
     command.add_argument("--consistency-weight", type=float, default=1.0,
-                         help="nice-transeg: weight of Dice(S_F, S_M o phi) coupling the fixed segmentation to the warped moving one")
+                         help="nice-transeg: weight of Dice(S_F, S_M o phi) coupling the fixed segmentation to the warped "
+                              "moving one; pcreg-rt: of the registration-made pseudo-labels teaching the segmentation; "
+                              "brbs: of the mix-misalignment regulariser")
     command.add_argument("--label-maps", type=int, default=15, help="SynthSeg label maps used for synthetic images")
     command.add_argument("--spacing", type=float, default=None,
                          help="3D training grid spacing in mm (default 2; coarser trains faster, recorded in the checkpoint)")
@@ -244,6 +248,11 @@ def _run_train(args) -> int:
     from warpseg.learning.few_shot import default_validation_subjects
     from warpseg.learning.registry import SEGMENTATION_NETWORKS
 
+    from warpseg.learning.registry import ATLAS_NETWORKS
+
+    if args.method in ATLAS_NETWORKS:
+        raise WarpsegError(f"{args.method} trains while it builds its atlas: use `warpseg atlas build --ndim {args.ndim} "
+                           f"--out DIR`")
     smoothness = args.smoothness if args.smoothness is not None else training_default(args.method, "smoothness", 1.0)
     segmenting = args.method in SEGMENTATION_NETWORKS
     if args.validation_subjects:
@@ -407,6 +416,96 @@ def _run_batch_bench(args) -> int:
     run_batch_benchmark(args.data, args.output, method=args.method, options=options, rows=args.rows,
                         projection=projection)
     print(f"section 'batch' written to {args.output}")
+    return 0
+
+
+def _add_brbs(commands) -> None:
+    command = commands.add_parser("brbs", help="BRBS jobs: generate labelled images with trained weights")
+    brbs_commands = command.add_subparsers(title="brbs commands")
+    generate = brbs_commands.add_parser(
+        "generate", help="write N labelled images made by space-style sampling (image + labels NIfTI pairs)")
+    generate.add_argument("--weights", type=Path, required=True, help="a BRBS checkpoint (warpseg train brbs ...)")
+    generate.add_argument("--n", type=int, required=True, help="how many (image, labels) pairs to write")
+    generate.add_argument("--out", type=Path, required=True, help="output folder (written all at once, at the end)")
+    generate.add_argument("--atlas", type=Path, default=None, help="atlas image (default: the checkpoint's)")
+    generate.add_argument("--atlas-labels", type=Path, default=None, help="the atlas's label map")
+    generate.add_argument("--images", type=Path, nargs="+", default=None,
+                          help="unlabelled target images whose shapes and styles are sampled (with --atlas)")
+    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    generate.add_argument("--quiet", action="store_true", help="print no progress")
+    generate.set_defaults(run=_run_brbs_generate)
+
+
+def _run_brbs_generate(args) -> int:
+    from warpseg.engine import run_to_end
+    from warpseg.engine.generate import generate_labelled_images
+    from warpseg.io import read_volume
+
+    if (args.atlas is None) != (args.atlas_labels is None):
+        raise WarpsegError("give both --atlas and --atlas-labels (an image and its label map), or neither")
+    atlas = (read_volume(args.atlas, labels=False), read_volume(args.atlas_labels, labels=True)) if args.atlas else None
+    images = [read_volume(path, labels=False) for path in args.images or []]
+    job = generate_labelled_images(args.weights, args.n, args.out, atlas=atlas, images=images, seed=args.seed,
+                                   device=args.device)
+    written = run_to_end(job, None if args.quiet else ProgressPrinter("brbs generate"))
+    print(f"{args.n} labelled images written to {args.out} ({len(written)} files; open the pairs in napari)")
+    return 0
+
+
+def _add_atlas(commands) -> None:
+    command = commands.add_parser("atlas", help="atlas jobs: build an Atlas-ISTN atlas and model")
+    atlas_commands = command.add_subparsers(title="atlas commands")
+    build = atlas_commands.add_parser(
+        "build", help="train Atlas-ISTN while building its atlas; writes the atlas (NIfTI), model.pt and the "
+                      "per-epoch history into OUT, all at once at the end")
+    build.add_argument("--data", type=Path, default=None, help="shared data folder (default: $WARPSEG_DATA or ../shared/data)")
+    build.add_argument("--ndim", type=int, choices=[2, 3], default=2)
+    build.add_argument("--labels", default="seg4", choices=["seg4", "seg35"], help="label set of the atlas")
+    build.add_argument("--epochs", type=int, default=50, help="epochs, each followed by an atlas update (default 50)")
+    build.add_argument("--steps-per-epoch", type=int, default=100, help="training steps per epoch (default 100)")
+    build.add_argument("--out", type=Path, required=True, help="output folder")
+    build.add_argument("--lr", type=float, default=1e-3)
+    build.add_argument("--atlas-rate", type=float, default=0.01, help="η: atlas update rate per epoch (paper: 0.01)")
+    build.add_argument("--smoothness", type=float, default=500.0, help="λ: weight of the velocity smoothness (paper: 500-800)")
+    build.add_argument("--omega", type=float, default=1.0, help="ω: weight of the registration terms")
+    build.add_argument("--omega-ramp-epoch", type=int, default=0,
+                       help="ramp ω with a sigmoid centred on this epoch (paper, brains: 200; default 0: constant)")
+    build.add_argument("--validation-subjects", default=None,
+                       help="comma-separated held-out subjects (default vxm; subjY for --labels seg35)")
+    build.add_argument("--label-maps", type=int, default=15, help="SynthSeg label maps used as labelled subjects")
+    build.add_argument("--synthetic-share", type=float, default=0.2,
+                       help="share of training draws with images synthesised from the label maps (default 0.2)")
+    build.add_argument("--spacing", type=float, default=None, help="3D training grid spacing in mm (default 2)")
+    build.add_argument("--slab", type=int, default=2, help="2D: slices within this distance of the benchmark slice")
+    build.add_argument("--snapshot-every", type=int, default=0,
+                       help="also write the atlas of every N-th epoch (atlas_*_epochNNN.nii.gz; default 0: none)")
+    build.add_argument("--seed", type=int, default=0)
+    build.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    build.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
+                       help="network constructor option, e.g. --model-option stn_downsize=2")
+    build.add_argument("--resume", action="store_true",
+                       help="continue the finished build in OUT up to --epochs (the optimiser restarts)")
+    build.add_argument("--quiet", action="store_true", help="print no progress")
+    build.set_defaults(run=_run_atlas_build)
+
+
+def _run_atlas_build(args) -> int:
+    from warpseg.bench.pairs import default_data_dir
+    from warpseg.engine.register import resolve_device, run_to_end
+    from warpseg.learning.atlas_build import AtlasConfig, build_atlas
+
+    config = AtlasConfig(
+        data=str(args.data or default_data_dir()), ndim=args.ndim, labels=args.labels, epochs=args.epochs,
+        steps_per_epoch=args.steps_per_epoch,
+        learning_rate=args.lr, atlas_rate=args.atlas_rate, smoothness=args.smoothness, omega=args.omega,
+        omega_ramp_epoch=args.omega_ramp_epoch, seed=args.seed,
+        validation_subjects=tuple(args.validation_subjects.split(",")) if args.validation_subjects else (),
+        label_maps=args.label_maps, synthetic_share=args.synthetic_share, spacing=args.spacing, slab=args.slab, snapshot_every=args.snapshot_every,
+        device=resolve_device(args.device), model_options=parse_options(args.model_option))
+    written = run_to_end(build_atlas(config, args.out, resume=args.resume),
+                         None if args.quiet else ProgressPrinter("atlas build", 5.0))
+    print(f"atlas and model written to {args.out} ({len(written)} files)")
     return 0
 
 

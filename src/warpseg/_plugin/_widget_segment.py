@@ -87,8 +87,10 @@ class SegmentationWidget(JobWidget):
                            reference=request["reference"], options=request["options"])
 
         def finish(result):  # in the worker thread
-            layer = volume_to_layer_data(result.segmentation, f"{result.method}: segmentation")
-            return result, [layer]
+            layers = [volume_to_layer_data(result.segmentation, f"{result.method}: segmentation")]
+            layers += [volume_to_layer_data(volume, f"{result.method}: {name}")  # e.g. atlas-istn's ITN labels
+                       for name, volume in result.segmentations.items()]
+            return result, layers
 
         return make_job, finish
 

@@ -16,11 +16,16 @@ from warpseg.errors import GeometryError, InputError
 from warpseg.io.volume import Volume
 from warpseg.io.write import write_volume
 from warpseg.methods import Progress, get_segmenter
+from warpseg.methods.segmenter import SEGMENTATIONS_KEY
 
 
 @dataclass
 class SegmentationResult:
-    """A label map on the image's grid (with label names), scores against a reference, timings."""
+    """A label map on the image's grid (with label names), scores against a reference, timings.
+
+    ``segmentations`` holds further label maps a method reports beside its main one (e.g. Atlas-ISTN's
+    ``itn_segmentation``), on the image's grid; with a reference, ``metrics["segmentations"]`` scores them.
+    """
 
     method: str
     image: Volume
@@ -31,6 +36,7 @@ class SegmentationResult:
     weights: str | None = None
     partial: bool = False
     details: dict[str, Any] = field(default_factory=dict)
+    segmentations: dict[str, Volume] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         """What ``result.json`` holds."""
@@ -67,11 +73,18 @@ def segment(image: Volume, method: str, *, atlas: tuple[Volume, Volume] | None =
     if labels.shape != image.shape:
         raise RuntimeError(f"{method} returned labels of shape {labels.shape} for an image of shape {image.shape}")
     segmentation = Volume(labels, image.affine, is_labels=True, label_names=output.label_names)
+    details = dict(output.details)
+    others = {name: Volume(np.asarray(array), image.affine, is_labels=True, label_names=names)
+              for name, (array, names) in details.pop(SEGMENTATIONS_KEY, {}).items()}
     metrics: dict[str, Any] = {}
     if reference is not None:
-        metrics = label_metrics(labels, reference.array, tuple(float(s) for s in image.spacing))
+        spacing = tuple(float(s) for s in image.spacing)
+        metrics = label_metrics(labels, reference.array, spacing)
+        if others:
+            metrics["segmentations"] = {name: label_metrics(volume.array, reference.array, spacing)
+                                        for name, volume in others.items()}
     return SegmentationResult(method, image, segmentation, metrics, time.perf_counter() - started, device,
-                              weights, output.partial, dict(output.details))
+                              weights, output.partial, details, others)
 
 
 def check_atlas(atlas: tuple[Volume, Volume] | None, image: Volume) -> None:
@@ -87,9 +100,12 @@ def check_atlas(atlas: tuple[Volume, Volume] | None, image: Volume) -> None:
 
 
 def write_segmentation(result: SegmentationResult, out_dir: str | Path) -> list[Path]:
-    """Write ``segmentation.nii.gz`` (+ ``segmentation.labels.json``) and ``result.json``, all or nothing."""
+    """Write ``segmentation.nii.gz`` (+ ``segmentation.labels.json``), ``<name>.nii.gz`` for every further
+    segmentation, and ``result.json``, all or nothing."""
     def write_all(folder: Path) -> None:
         write_volume(result.segmentation, folder / "segmentation.nii.gz")
+        for name, volume in result.segmentations.items():
+            write_volume(volume, folder / f"{name}.nii.gz")
         (folder / "result.json").write_text(json.dumps(result.summary(), indent=2, default=json_default) + "\n")
 
     return write_atomically(write_all, out_dir)

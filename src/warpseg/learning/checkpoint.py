@@ -58,10 +58,11 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def build_model(payload: dict[str, Any]) -> torch.nn.Module:
     """Rebuild the model a checkpoint describes and load its weights (in eval mode)."""
-    from warpseg.models import LinearDeformable, NiceTrans, NiceTranseg, SegmentationUNet, VoxelMorph
+    from warpseg.models import (AtlasIstn, Brbs, LinearDeformable, NiceTrans, NiceTranseg, PcRegRt, SegmentationUNet,
+                                VoxelMorph)
 
     MODEL_CLASSES = {model_class.__name__: model_class for model_class in
-                     (NiceTrans, NiceTranseg, SegmentationUNet, VoxelMorph, LinearDeformable)}
+                     (NiceTrans, NiceTranseg, SegmentationUNet, VoxelMorph, LinearDeformable, PcRegRt, Brbs, AtlasIstn)}
     class_name = payload["model"]["class"]
     if class_name not in MODEL_CLASSES:
         raise InputError(f"checkpoint model {class_name!r} is unknown to this warpseg version")

@@ -105,8 +105,12 @@ def load_real_subject(data_dir: Path, name: str, ndim: int, spacing: float = TAR
                    downsample(torch.from_numpy(labels.astype(np.int64))[None, None], spacing, labels=True))
 
 
-def load_label_maps(data_dir: Path, ndim: int, count: int, spacing: float = TARGET_SPACING[3]) -> list[Subject]:
-    """SynthSeg's whole-head label maps as seg4 subjects, cropped around the brain like the OASIS grid."""
+def load_label_maps(data_dir: Path, ndim: int, count: int, spacing: float = TARGET_SPACING[3],
+                    convert=None) -> list[Subject]:
+    """SynthSeg's whole-head label maps as seg4 subjects, cropped around the brain like the OASIS grid.
+
+    ``convert(aseg) -> labels`` maps the FreeSurfer IDs to another label set instead of seg4.
+    """
     folder = data_dir / "synthseg"
     files = sorted(folder.glob("training_seg_*.nii.gz"))[:count] if folder.is_dir() else []
     if not files:
@@ -114,8 +118,9 @@ def load_label_maps(data_dir: Path, ndim: int, count: int, spacing: float = TARG
     lookup = aseg_to_seg4_lookup(data_dir)
     subjects = []
     for path in files:
-        seg4 = torch.from_numpy(lookup[np.rint(_load(path)).astype(np.int64).clip(0, len(lookup) - 1)].astype(np.int64))
-        cropped = crop_around_brain(seg4, CROP_3D)
+        aseg = np.rint(_load(path)).astype(np.int64)
+        labels = convert(aseg) if convert is not None else lookup[aseg.clip(0, len(lookup) - 1)]
+        cropped = crop_around_brain(torch.from_numpy(labels.astype(np.int64)), CROP_3D)
         if ndim == 2:
             centre = CROP_3D[2] // 2 - 3
             slices = cropped[..., centre - 20: centre + 21]

@@ -13,13 +13,17 @@ TRAINING_DEFAULTS: dict[str, dict] = {
 }
 """Per-method defaults for training options the user did not set (others: TrainingConfig's)."""
 
-SEGMENTATION_NETWORKS = ("nice-transeg", "seg-unet")
+SEGMENTATION_NETWORKS = ("nice-transeg", "seg-unet", "pcreg-rt", "brbs")
 """Methods trained few-shot on labelled atlases (``--labels``, ``--shots``) instead of as registration."""
+
+ATLAS_NETWORKS = ("atlas-istn",)
+"""Methods trained while building their atlas (``warpseg atlas build``), not by ``warpseg train``."""
 
 
 def new_model(method: str, ndim: int, **options) -> torch.nn.Module:
     """A freshly initialised network for ``method`` (``options`` override its constructor defaults)."""
-    from warpseg.models import LinearDeformable, NiceTrans, NiceTranseg, SegmentationUNet, VoxelMorph
+    from warpseg.models import (AtlasIstn, Brbs, LinearDeformable, NiceTrans, NiceTranseg, PcRegRt, SegmentationUNet,
+                                VoxelMorph)
 
     builders = {
         "nice-trans": lambda: NiceTrans(ndim=ndim, **options),
@@ -28,6 +32,9 @@ def new_model(method: str, ndim: int, **options) -> torch.nn.Module:
         "lindef": lambda: LinearDeformable(ndim=ndim, **options),
         "nice-transeg": lambda: NiceTranseg(ndim=ndim, **options),
         "seg-unet": lambda: SegmentationUNet(ndim=ndim, **options),
+        "atlas-istn": lambda: AtlasIstn(ndim=ndim, **options),
+        "pcreg-rt": lambda: PcRegRt(ndim=ndim, **options),
+        "brbs": lambda: Brbs(ndim=ndim, **options),
     }
     if method not in builders:
         raise InputError(f"no trainable network for {method!r}; choose one of: {', '.join(builders)}")

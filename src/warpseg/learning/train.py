@@ -89,6 +89,14 @@ def build_task(config: TrainingConfig) -> TrainingTask:
     """The task of ``config.method``: few-shot segmentation or registration."""
     from warpseg.learning.registry import SEGMENTATION_NETWORKS
 
+    if config.method == "pcreg-rt":
+        from warpseg.learning.pcreg_rt_training import pcreg_rt_task
+
+        return pcreg_rt_task(config)
+    if config.method == "brbs":
+        from warpseg.learning.brbs_training import brbs_task
+
+        return brbs_task(config)
     if config.method in SEGMENTATION_NETWORKS:
         from warpseg.learning.segmentation_training import segmentation_task
 

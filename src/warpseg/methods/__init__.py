@@ -8,6 +8,8 @@ from warpseg.methods.sitk_affine import SitkAffine
 from warpseg.methods.sitk_bspline import SitkBspline
 from warpseg.methods.sitk_demons import SitkDemons
 from warpseg.methods.ants_syn import AntsSyn
+from warpseg.methods.brbs import BrbsRegistration, BrbsSegmentation
+from warpseg.methods.atlas_istn import AtlasIstnRegistration, AtlasIstnSegmentation
 from warpseg.methods.atlas_propagation import AtlasPropagation
 from warpseg.methods.identity import Identity
 from warpseg.methods.lindef import LinearDeformableRegistration
@@ -15,17 +17,20 @@ from warpseg.methods.nir import NeuralFieldRegistration
 from warpseg.methods.learned_segmentation import SegmentationUNetSegmentation
 from warpseg.methods.nice_trans import NiceTransAffineRegistration, NiceTransRegistration
 from warpseg.methods.nice_transeg import NiceTransegRegistration, NiceTransegSegmentation
+from warpseg.methods.pcreg_rt import PcRegRtRegistration, PcRegRtSegmentation
 from warpseg.methods.voxelmorph import VoxelMorphRegistration
 
 METHODS: dict[str, type[RegistrationMethod]] = {
     method.name: method for method in (Identity, SitkAffine, SitkBspline, SitkDemons, AntsSyn,
                                        NiceTransRegistration, NiceTransAffineRegistration, NiceTransegRegistration,
                                        VoxelMorphRegistration,
-                                       LinearDeformableRegistration, NeuralFieldRegistration)
+                                       LinearDeformableRegistration, NeuralFieldRegistration,
+                                       PcRegRtRegistration, BrbsRegistration, AtlasIstnRegistration)
 }
 
 SEGMENTATION_METHODS: dict[str, type[SegmentationMethod]] = {
-    method.name: method for method in (AtlasPropagation, NiceTransegSegmentation, SegmentationUNetSegmentation)
+    method.name: method for method in (AtlasPropagation, NiceTransegSegmentation, SegmentationUNetSegmentation,
+                                       PcRegRtSegmentation, BrbsSegmentation, AtlasIstnSegmentation)
 }
 
 

@@ -1,0 +1,88 @@
+"""Atlas-ISTN's loss ``L = L_s + ω (L_a2s + L_s2a + λ L_reg)`` and its test-time variant.
+
+Every label term is the paper's squared error summed over label channels and averaged over
+voxels: ``mean_x Σ_j (p_j(x) − q_j(x))²``.
+
+* ``L_s``: ITN probabilities ``ŷ`` against the one-hot labels ``y`` (trains the ITN only);
+* ``L_a2s``: ``y`` against the atlas labels warped into the image, ``y^a ∘ Φ⁻¹``;
+* ``L_s2a``: ``y`` warped into atlas space, ``y ∘ Φ``, against ``y^a``;
+* ``L_reg``: MONAI's diffusion loss (mean squared spatial gradient) of the velocity ``v`` expressed in
+  normalised units (``2 / (S_d − 1)`` per voxel along axis ``d``, ``grid_sample``'s [-1, 1]), which
+  is the scale the paper's λ = 500–800 refers to.
+
+The registration terms use the ground-truth ``y`` during training and the ITN's ``ŷ`` at test time,
+as the slides state (METHODS.md writes ``ŷ`` for training too; we follow the paper).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from warpseg.spatial import warp_image
+
+
+def squared_label_error(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """``mean_x Σ_j (first_j − second_j)²`` of two ``(B, L, *S)`` probability maps: a scalar."""
+    return (first - second).square().sum(dim=1).mean()
+
+
+def normalised_velocity(velocity: torch.Tensor) -> torch.Tensor:
+    """A voxel-unit field ``(B, ndim, *S)`` in [-1, 1] grid units (component ``d`` times ``2 / (S_d − 1)``)."""
+    ndim = velocity.shape[1]
+    scale = torch.tensor([2.0 / max(size - 1, 1) for size in velocity.shape[2:]], dtype=velocity.dtype,
+                         device=velocity.device)
+    return velocity * scale.view(1, ndim, *([1] * ndim))
+
+
+def registration_terms(outputs: dict, target: torch.Tensor, atlas_labels: torch.Tensor, *, smoothness: float,
+                       atlas_to_image_weight: float = 1.0, image_to_atlas_weight: float = 1.0
+                       ) -> dict[str, torch.Tensor]:
+    """The weighted ``L_a2s``, ``L_s2a`` and ``λ L_reg`` of STN ``outputs`` (see the module docstring).
+
+    Shapes
+    ------
+    target ``(B, L, *S)`` image-space label probabilities (``y`` or ``ŷ``); atlas_labels ``(1|B, L, *S)``.
+    """
+    from monai.losses import DiffusionLoss
+
+    terms = {"smoothness": smoothness * DiffusionLoss()(normalised_velocity(outputs["velocity"]))}
+    if atlas_to_image_weight:
+        terms["atlas_to_image"] = atlas_to_image_weight * squared_label_error(target, outputs["warped_atlas"])
+    if image_to_atlas_weight:
+        in_atlas = warp_image(target, outputs["atlas_to_image"], padding="border")
+        terms["image_to_atlas"] = image_to_atlas_weight * squared_label_error(in_atlas, atlas_labels.to(in_atlas))
+    return terms
+
+
+def omega_at(epoch: int, ramp_epoch: int = 0, omega: float = 1.0) -> float:
+    """ω of an epoch: constant ``omega``, or with ``ramp_epoch > 0`` the paper's sigmoid ramp
+    ``omega / (1 + exp(−(epoch − ramp_epoch) / (ramp_epoch / 8)))`` (200 and 25 epochs for brains)."""
+    if ramp_epoch <= 0:
+        return omega
+    return omega / (1.0 + math.exp(-(epoch - ramp_epoch) / (ramp_epoch / 8.0)))
+
+
+class AtlasIstnLoss(torch.nn.Module):
+    """``L_s + ω (L_a2s + L_s2a + λ L_reg)`` of one labelled image (training).
+
+    ``omega`` is an attribute so that the training loop can ramp it per epoch.
+
+    Shapes
+    ------
+    ``forward(outputs, labels_onehot, atlas_labels)``: outputs of :class:`~warpseg.models.AtlasIstn`
+    for an image ``(B, 1, *S)``; labels_onehot ``(B, L, *S)``; atlas_labels ``(1, L, *S)``. Returns
+    the terms and ``"total"``.
+    """
+
+    def __init__(self, smoothness: float = 500.0, omega: float = 1.0) -> None:
+        super().__init__()
+        self.smoothness, self.omega = float(smoothness), float(omega)
+
+    def forward(self, outputs: dict, labels_onehot: torch.Tensor, atlas_labels: torch.Tensor
+                ) -> dict[str, torch.Tensor]:
+        terms = {"segmentation": squared_label_error(outputs["probabilities"], labels_onehot)}
+        registration = registration_terms(outputs, labels_onehot, atlas_labels, smoothness=self.smoothness)
+        terms.update(registration)
+        terms["total"] = terms["segmentation"] + self.omega * sum(registration.values())
+        return terms
