@@ -42,6 +42,9 @@ def test_identity_benchmark_on_one_real_2d_pair(tmp_path, shared_data):
     assert 0.3 < entry["dice_before"][0] < 0.95
     assert entry["dice_mean"][0] == pytest.approx(entry["dice_before"][0])
     assert "| identity |" in output.read_text()
+    run_benchmark(shared_data, methods=["identity"], ndims=[2], max_pairs=1, output=output, section="sweep")
+    text = output.read_text()
+    assert text.count("<!-- bench:register-2d -->") == 1 and text.count("<!-- bench:sweep-2d -->") == 1
 
 
 def test_method_variants_carry_their_options():
@@ -94,3 +97,33 @@ def test_components_per_label_counts_separate_pieces():
     labels[10:12, 10:12] = 1
     labels[15:18, 2:5] = 2
     assert components_per_label(labels) == pytest.approx(1.5)
+
+
+def test_atlas_evolution_section_and_figure_from_a_build_folder(tmp_path):
+    import json
+
+    import numpy as np
+
+    from warpseg.bench.atlas import report_atlas_evolution
+    from warpseg.io import Volume, write_volume
+
+    build = tmp_path / "build"
+    build.mkdir()
+    history = [{"epoch": epoch, "gradient_magnitude": 0.03 - 0.001 * epoch, "label_entropy": 0.4 - 0.01 * epoch,
+                "dice": 0.5 + 0.01 * epoch, "itn_dice": 0.6} for epoch in range(0, 11)]
+    (build / "atlas_history.json").write_text(json.dumps(history))
+    for epoch in (5, 10):
+        labels = np.zeros((20, 24), dtype=np.uint8)
+        labels[5:15, 6:18] = 1
+        write_volume(Volume(np.random.default_rng(epoch).random((20, 24)).astype(np.float32), np.eye(4)),
+                     build / f"atlas_image_epoch{epoch:03d}.nii.gz")
+        write_volume(Volume(labels, np.eye(4), is_labels=True), build / f"atlas_labels_epoch{epoch:03d}.nii.gz")
+    output = tmp_path / "BENCHMARKS.md"
+    figure = report_atlas_evolution(build, output)
+    text = output.read_text()
+    assert figure == tmp_path / "docs" / "atlas_evolution.png" and figure.stat().st_size > 1000
+    assert "| 10 | 0.0200 | 0.3000 | 0.600 | 0.600 |" in text and "](docs/atlas_evolution.png)" in text
+    assert [line.split(" |")[0] for line in text.splitlines() if line.startswith("| ") and "|---" not in line][1:] == [
+        "| 0", "| 1", "| 5", "| 10"]
+    with pytest.raises(InputError, match="atlas_history.json"):
+        report_atlas_evolution(tmp_path, output)

@@ -287,6 +287,11 @@ def _add_bench(commands) -> None:
     command.add_argument("--output", type=Path, default=Path("BENCHMARKS.md"))
     command.add_argument("--viewer", action="store_true",
                          help="measure the napari viewer's responsiveness while registering instead (needs a display)")
+    command.add_argument("--section", default=None,
+                         help="write the tables into BENCHMARKS.md section SECTION-<n>d instead of register-<n>d "
+                              "(e.g. a parameter sweep beside the main table)")
+    command.add_argument("--atlas-build", type=Path, default=None, metavar="DIR",
+                         help="report how the atlas in DIR (from `warpseg atlas build`) evolved: table and figure")
     command.add_argument("--segmentation", action="store_true",
                          help="benchmark segmentation instead: few-shot networks and atlas propagation on held-out subjects")
     command.add_argument("--labels", default="seg4,seg35", help="--segmentation: label sets, comma-separated")
@@ -306,6 +311,11 @@ def _run_bench(args) -> int:
 
         run_viewer_benchmark(methods, args.output)
         return 0
+    if args.atlas_build:
+        from warpseg.bench.atlas import report_atlas_evolution
+
+        print(f"figure: {report_atlas_evolution(args.atlas_build, args.output)}")
+        return 0
     if args.segmentation:
         from warpseg.bench.segmentation import run_segmentation_benchmark
 
@@ -313,7 +323,7 @@ def _run_bench(args) -> int:
                                    label_sets=tuple(args.labels.split(",")), output=args.output)
         return 0
     run_benchmark(args.data, methods=methods, ndims=args.ndim or [2, 3], max_pairs=args.max_pairs,
-                  output=args.output)
+                  output=args.output, section=args.section)
     return 0
 
 

@@ -50,8 +50,9 @@ def default_methods(ndim: int) -> list[str]:
 
 
 def run_benchmark(data_dir: Path | None, *, methods: list[str] | None = None, ndims=(2, 3),
-                  max_pairs: int | None = None, output: Path = Path("BENCHMARKS.md")) -> dict:
-    """Register the dev pairs with each method; return the per-method rows and write the report."""
+                  max_pairs: int | None = None, output: Path = Path("BENCHMARKS.md"), section: str | None = None) -> dict:
+    """Register the dev pairs with each method; return the per-method rows and write the report
+    (into the section ``register-<n>d``, or ``<section>-<n>d`` to keep a separate table)."""
     from warpseg.methods import get_method
 
     data_dir = Path(data_dir) if data_dir else default_data_dir()
@@ -68,7 +69,8 @@ def run_benchmark(data_dir: Path | None, *, methods: list[str] | None = None, nd
                 _measure(pairs[0], name)  # warm-up: load the model and build kernels once, not timed
             rows[name] = [_measure(pair, name) for pair in pairs]
         tables[ndim] = summarise(rows)
-        update_benchmarks_file(output, f"register-{ndim}d", ndim, pairs, tables[ndim], machine_description())
+        update_benchmarks_file(output, f"{section or 'register'}-{ndim}d", ndim, pairs, tables[ndim],
+                               machine_description())
     return tables
 
 

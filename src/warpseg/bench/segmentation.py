@@ -61,15 +61,18 @@ def run_segmentation_benchmark(data_dir: Path | None, *, methods: list[str] | No
             atlas = load_atlas(data_dir, atlas_name, ndim, label_set)
             targets = [target for name in target_names for target in load_targets(data_dir, name, ndim, corrupt)]
             lookup = _seg4_lookup(data_dir, label_set)
-            rows = {spec: _measure_method(spec, label_set, atlas, targets, lookup)
-                    for spec in (methods or default_segmentation_methods(ndim, label_set))}
+            rows = {}
+            for spec in methods or default_segmentation_methods(ndim, label_set):
+                rows.update(_measure_method(spec, label_set, atlas, targets, lookup))
             tables[(ndim, label_set)] = rows
             body = render_segmentation_table(ndim, label_set, atlas_name, atlas, rows, machine_description())
             replace_section(output, f"segment-{label_set}-{ndim}d", body)
     return tables
 
 
-def _measure_method(spec: str, label_set: str, atlas, targets: list[Target], lookup: np.ndarray) -> list[dict]:
+def _measure_method(spec: str, label_set: str, atlas, targets: list[Target], lookup: np.ndarray
+                    ) -> dict[str, list[dict]]:
+    """The rows of ``spec``, and of every further segmentation it reports (``"spec: name"``, e.g. the ITN's)."""
     from warpseg.bench.run import parse_variant
     from warpseg.methods import get_segmenter
 
@@ -78,25 +81,38 @@ def _measure_method(spec: str, label_set: str, atlas, targets: list[Target], loo
     if label_set in getattr(method, "label_sets", ()):
         options.setdefault("labels", label_set)
     if not method.needs_atlas:
-        _segment(name, options, targets[0], atlas, lookup)  # warm-up: load the model once, not timed
-    return [_segment(name, options, target, atlas, lookup, spec) for target in targets]
+        _segment(name, options, targets[0], atlas, lookup, spec)  # warm-up: load the model once, not timed
+    rows: dict[str, list[dict]] = {}
+    for target in targets:
+        for label, row in _segment(name, options, target, atlas, lookup, spec).items():
+            rows.setdefault(label, []).append(row)
+    return rows
 
 
-def _segment(name: str, options: dict, target: Target, atlas, lookup: np.ndarray, label: str = "") -> dict:
+def _segment(name: str, options: dict, target: Target, atlas, lookup: np.ndarray, spec: str) -> dict[str, dict]:
+    """``{row label: row}`` for the method's segmentation and every further one it returns."""
     from warpseg.engine import run_to_end, segment
-    from warpseg.metrics import label_metrics
 
     method_atlas = atlas if _needs_atlas(name) else None
     result = run_to_end(segment(target.image, name, atlas=method_atlas, device="auto", options=options))
-    predicted = lookup[np.asarray(result.segmentation.array, dtype=np.int64)]
-    metrics = label_metrics(predicted, np.asarray(target.seg4.array), tuple(float(s) for s in target.image.spacing))
-    row = {"target": target.name, "seconds": result.seconds, "device": result.device,
-           "dice_mean": metrics["dice_mean"], "hd95_mean": metrics["hd95_mean"],
-           "components": components_per_label(np.asarray(result.segmentation.array))}
-    if label:
-        print(f"[bench segment] {label:44s} {target.name:18s} Dice {row['dice_mean']:.3f}  "
-              f"{row['components']:.1f} components/label  {row['seconds']:.2f}s", file=sys.stderr)
-    return row
+    volumes = {spec: result.segmentation, **{f"{spec}: {key}": v for key, v in result.segmentations.items()}}
+    rows = {}
+    for label, volume in volumes.items():
+        rows[label] = _score(volume, target, lookup, result)
+        print(f"[bench segment] {label:44s} {target.name:18s} Dice {rows[label]['dice_mean']:.3f}  "
+              f"{rows[label]['components']:.1f} components/label  {result.seconds:.2f}s", file=sys.stderr)
+    return rows
+
+
+def _score(volume, target: Target, lookup: np.ndarray, result) -> dict:
+    from warpseg.metrics import label_metrics
+
+    labels = np.asarray(volume.array)
+    metrics = label_metrics(lookup[labels.astype(np.int64)], np.asarray(target.seg4.array),
+                            tuple(float(s) for s in target.image.spacing))
+    return {"target": target.name, "seconds": result.seconds, "device": result.device,
+            "dice_mean": metrics["dice_mean"], "hd95_mean": metrics["hd95_mean"],
+            "components": components_per_label(labels)}
 
 
 def _needs_atlas(name: str) -> bool:
