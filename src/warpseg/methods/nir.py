@@ -41,7 +41,7 @@ from warpseg.spatial import (compose_displacements, folding_percent, gaussian_bl
 NIR_DEFAULTS: dict[str, Any] = {
     "mode": "diffeomorphic",     # "displacement" or "diffeomorphic" (stationary velocity)
     "sampler": "downsize",       # "downsize", "patch" or "hybrid"
-    "iterations": 0,             # Adam steps in all (0: 150 in 2D, 40 in 3D; see DIMENSION_DEFAULTS)
+    "iterations": 0,             # Adam steps in all (0: 150 in 2D, 30 in 3D; see DIMENSION_DEFAULTS)
     "learning_rate": 1.5e-3,
     "regularisation": 10.0,      # weight of the folding penalty mean(relu(margin - det J))
     "window": 9,                 # LNCC window, voxels of the sampled grid
@@ -64,7 +64,7 @@ NIR_DEFAULTS: dict[str, Any] = {
     "max_seconds": None,         # stop after this long and return the best field, marked partial
 }
 DIMENSION_DEFAULTS = {  # chosen on the dev pairs (BENCHMARKS.md): 3D trades iterations for time
-    "iterations": {2: 150, 3: 40},
+    "iterations": {2: 150, 3: 30},
     "downsize": {2: 2, 3: 4},
 }
 FOLD_MARGIN = 0.05           # det J below this is penalised
