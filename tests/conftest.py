@@ -133,3 +133,13 @@ def write_dicom_series(folder: Path, array: np.ndarray, spacing, origin_lps, dir
         plane.SetMetaData("0008|0018", f"1.2.826.0.1.3680043.2.1125.1.3.{index + 1}")
         writer.SetFileName(str(folder / f"slice_{index:03d}.dcm"))
         writer.Execute(plane)
+
+
+@pytest.fixture
+def errors(monkeypatch):
+    """Messages the widgets send to napari's error notifications."""
+    import napari.utils.notifications
+
+    shown = []
+    monkeypatch.setattr(napari.utils.notifications, "show_error", shown.append)
+    return shown

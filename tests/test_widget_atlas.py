@@ -11,15 +11,6 @@ from test_atlas_istn import write_tiny_shared_data
 pytestmark = pytest.mark.gui
 
 
-@pytest.fixture
-def errors(monkeypatch):
-    import napari.utils.notifications
-
-    shown = []
-    monkeypatch.setattr(napari.utils.notifications, "show_error", shown.append)
-    return shown
-
-
 def open_widget(viewer, data, out, epochs=2):
     from warpseg._plugin._widget_atlas import AtlasWidget
 

@@ -11,16 +11,6 @@ pytestmark = pytest.mark.gui
 FAST_DEMONS = "iterations=20,10,5 affine_iterations=20"
 
 
-@pytest.fixture
-def errors(monkeypatch):
-    """Messages the widget sends to napari's error notifications."""
-    import napari.utils.notifications
-
-    shown = []
-    monkeypatch.setattr(napari.utils.notifications, "show_error", shown.append)
-    return shown
-
-
 def open_widget(viewer, sample: str | None = "brain_pair_2d"):
     from warpseg._plugin._widget_register import RegistrationWidget
 

@@ -7,15 +7,6 @@ import pytest
 pytestmark = pytest.mark.gui
 
 
-@pytest.fixture
-def errors(monkeypatch):
-    import napari.utils.notifications
-
-    shown = []
-    monkeypatch.setattr(napari.utils.notifications, "show_error", shown.append)
-    return shown
-
-
 def open_widget(viewer):
     from warpseg._plugin._widget_segment import SegmentationWidget
 
