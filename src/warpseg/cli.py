@@ -497,6 +497,10 @@ def _add_atlas(commands) -> None:
     build.add_argument("--resume", action="store_true",
                        help="continue the finished build in OUT up to --epochs (the optimiser restarts)")
     build.add_argument("--quiet", action="store_true", help="print no progress")
+    build.add_argument("--distributed", action="store_true",
+                       help="data-parallel build under torchrun (DDP: gloo on CPU, nccl on CUDA; the atlas update "
+                            "warps the training set split over the processes), e.g. "
+                            "torchrun --nproc_per_node=2 -m warpseg.cli atlas build ... --distributed")
     build.set_defaults(run=_run_atlas_build)
 
 
@@ -504,6 +508,7 @@ def _run_atlas_build(args) -> int:
     from warpseg.bench.pairs import default_data_dir
     from warpseg.engine.register import resolve_device, run_to_end
     from warpseg.learning.atlas_build import AtlasConfig, build_atlas
+    from warpseg.learning.distributed import is_main_process
 
     config = AtlasConfig(
         data=str(args.data or default_data_dir()), ndim=args.ndim, labels=args.labels, epochs=args.epochs,
@@ -513,9 +518,10 @@ def _run_atlas_build(args) -> int:
         validation_subjects=tuple(args.validation_subjects.split(",")) if args.validation_subjects else (),
         label_maps=args.label_maps, synthetic_share=args.synthetic_share, spacing=args.spacing, slab=args.slab, snapshot_every=args.snapshot_every,
         device=resolve_device(args.device), model_options=parse_options(args.model_option))
-    written = run_to_end(build_atlas(config, args.out, resume=args.resume),
-                         None if args.quiet else ProgressPrinter("atlas build", 5.0))
-    print(f"atlas and model written to {args.out} ({len(written)} files)")
+    printer = ProgressPrinter("atlas build", 5.0) if is_main_process() and not args.quiet else None
+    written = run_to_end(build_atlas(config, args.out, resume=args.resume, distributed=args.distributed), printer)
+    if is_main_process():
+        print(f"atlas and model written to {args.out} ({len(written)} files)")
     return 0
 
 

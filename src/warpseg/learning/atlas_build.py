@@ -13,6 +13,10 @@ subjects with synthesised images; the set is small, so a pass over it would be a
 label map; it writes its outputs at the very end, all or nothing (closing it leaves no trace).
 Sending :data:`~warpseg.methods.base.FINISH` stops training early: the epoch under way ends there,
 the atlas takes its update, and the outputs are written (its history record says ``finished_early``).
+
+Under ``torchrun`` (``distributed=True``) every rank trains a DistributedDataParallel copy on its own
+draws and warps its share of the training set for the update; the sums are added up over the ranks,
+so the atlas is the single-process one and the same on every rank. Rank 0 alone validates and writes.
 """
 from __future__ import annotations
 
@@ -98,36 +102,67 @@ def atlas_sharpness(image: torch.Tensor, probabilities: torch.Tensor) -> dict[st
 
 
 def example_loss_terms(model, loss_function: AtlasIstnLoss, example: dict, device: str) -> dict[str, torch.Tensor]:
-    """The Atlas-ISTN terms of one labelled training example against the model's current atlas."""
+    """The Atlas-ISTN terms of one labelled training example against the model's current atlas.
+
+    ``model`` may be wrapped in DistributedDataParallel: its forward pass is the wrapper's.
+    """
+    from warpseg.learning.distributed import unwrap_model
+
+    network = unwrap_model(model)
     image, labels = example["image"].to(device), example["labels"].to(device)
-    atlas = model.atlas_probabilities()
-    return loss_function(model(image, atlas), one_hot(labels, model.num_labels), atlas)
+    atlas = network.atlas_probabilities()
+    return loss_function(model(image, atlas), one_hot(labels, network.num_labels), atlas)
 
 
-def warped_training_mean(model, data: AtlasTrainingData, device: str
+def warped_training_mean(model, data: AtlasTrainingData, device: str, context=None
                          ) -> Generator[Progress, None, tuple[torch.Tensor, torch.Tensor]]:
     """``mean_i(z_i ∘ Φ_i)``: the training images (real ones) and label one-hots warped into atlas space.
+
+    With a :class:`~warpseg.learning.distributed.DistributedContext` each rank warps its share of the
+    items and the sums and counts are added up over the ranks (a collective): every rank gets the
+    mean over the whole training set. ``model`` is the bare network, never a DDP wrapper.
 
     Shapes
     ------
     returns image ``(1, 1, *S)`` and label probabilities ``(1, L, *S)`` on the model's device.
     """
+    from warpseg.learning.distributed import share_of_items, sum_over_ranks
+
+    items = share_of_items(data.items, context)
+    image_sum, label_sum, counts = yield from warped_training_sums(model, data, items, device)
+    if context is not None:
+        sum_over_ranks(image_sum, label_sum, counts)
+    return image_sum / counts[0], label_sum / counts[1]
+
+
+def warped_training_sums(model, data: AtlasTrainingData, items: list, device: str
+                         ) -> Generator[Progress, None, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The sums of ``z_i ∘ Φ_i`` over ``items`` and their counts ``[images, label maps]``.
+
+    Images count from items with a real image only, unless the whole training set has none.
+
+    Shapes
+    ------
+    returns image sum ``(1, 1, *S)``, label sum ``(1, L, *S)`` and counts ``(2,)``, on ``device``.
+    """
     model.eval()
-    image_sum = label_sum = None
-    images, every_image = 0, not any(data.is_real(item) for item in data.items)
-    for count, item in enumerate(data.items):
+    image_sum = torch.zeros((1, 1) + tuple(data.shape), device=device)
+    label_sum = torch.zeros((1, model.num_labels) + tuple(data.shape), device=device)
+    counts = torch.zeros(2, device=device)
+    every_image = not any(data.is_real(item) for item in data.items)
+    for count, item in enumerate(items):
         if count % 10 == 0:
-            yield Progress("atlas update", count, len(data.items), "warping the training set into atlas space")
+            yield Progress("atlas update", count, len(items), "warping the training set into atlas space")
         example = data.example(item)
         with torch.no_grad():
             image = example["image"].to(device)
             field = model(image)["atlas_to_image"]
-            labels = warp_image(one_hot(example["labels"].to(device), model.num_labels), field, padding="border")
-            label_sum = labels if label_sum is None else label_sum + labels
+            label_sum += warp_image(one_hot(example["labels"].to(device), model.num_labels), field, padding="border")
+            counts[1] += 1
             if every_image or data.is_real(item):
-                warped = warp_image(image, field)
-                image_sum, images = (warped if image_sum is None else image_sum + warped), images + 1
-    return image_sum / images, label_sum / len(data.items)
+                image_sum += warp_image(image, field)
+                counts[0] += 1
+    return image_sum, label_sum, counts
 
 
 def validate(model, data: AtlasTrainingData, device: str) -> dict[str, float]:
@@ -150,67 +185,101 @@ def validate(model, data: AtlasTrainingData, device: str) -> dict[str, float]:
 
 
 def build_atlas(config: AtlasConfig, out: str | Path, *, resume: bool = False,
-                data: AtlasTrainingData | None = None) -> Generator[Progress, None, list[Path]]:
+                data: AtlasTrainingData | None = None, distributed: bool = False
+                ) -> Generator[Progress, None, list[Path]]:
     """Train Atlas-ISTN and build its atlas; write ``out`` (see :data:`OUTPUT_FILES`), all or nothing.
 
     ``data`` defaults to :meth:`AtlasTrainingData.from_shared_data` of ``config``. With ``resume``
     and a finished build in ``out``, training continues from its model, atlas and history up to
     ``config.epochs`` (the optimiser restarts). Returns the written paths.
+
+    With ``distributed=True`` (under ``torchrun``) every rank trains a DistributedDataParallel copy
+    on its own draws (its own sampling seed), gradients are averaged, and each atlas update takes
+    the warped mean over the whole training set (split over the ranks, sums added up), so every rank
+    holds the same atlas. Rank 0 alone validates and writes ``out``; the other ranks return ``[]``.
     """
-    out = Path(out)
+    from warpseg.learning.distributed import run_in_process_group
+
+    return (yield from run_in_process_group(lambda context: _build_on_rank(config, Path(out), resume, data, context),
+                                            config.device, distributed, command="atlas build"))
+
+
+def _build_on_rank(config: AtlasConfig, out: Path, resume: bool, data, context) -> Generator[Progress, None, list]:
+    """:func:`_build` with a staging folder beside ``out`` (removed at the end); without one on ranks other than 0."""
+    if context is not None and not context.is_main:
+        return (yield from _build(config, out, None, resume, data, context))
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.building.", dir=out.parent))
     try:
-        return (yield from _build(config, out, staging, resume, data))
+        return (yield from _build(config, out, staging, resume, data, context))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _build(config: AtlasConfig, out: Path, staging: Path, resume: bool, data) -> Generator[Progress, None, list]:
+def _build(config: AtlasConfig, out: Path, staging: Path | None, resume: bool, data,
+           context) -> Generator[Progress, None, list]:
+    """The epochs of :func:`build_atlas`; outputs go to ``staging``, then ``out``, unless ``staging`` is None."""
     from warpseg.engine.outputs import write_atomically
-    from warpseg.learning.registry import new_model
+    from warpseg.learning.distributed import rank_seed, wrap_model
 
+    device, rank = (context.device, context.rank) if context else (config.device, 0)
     yield Progress("train", 0, None, "loading training data")
     data = data or AtlasTrainingData.from_shared_data(
         config.data, config.ndim, config.labels, config.validation_subjects or None, config.label_maps,
         config.spacing, config.slab, config.synthetic_share)
-    torch.manual_seed(config.seed)
-    options = {**MODEL_DEFAULTS[config.ndim], **config.model_options}
-    model = new_model("atlas-istn", config.ndim, num_labels=data.num_labels, atlas_shape=data.shape,
-                      **options).to(config.device)
-    image, labels = (tensor.to(config.device) for tensor in data.initial_atlas())
-    history = []
-    if resume and (out / "model.pt").is_file():
-        image, labels, history = _resume(out / "model.pt", model, config.device)
-    model.set_atlas(image, labels)
+    model, image, labels, history = _model_and_atlas(config, out, resume, data, device)
+    validates = staging is not None  # rank 0, or a single process
     if not history:
-        history.append({"epoch": 0, **atlas_sharpness(image, labels), **validate(model, data, config.device)})
+        scores = validate(model, data, device) if validates else {}
+        history.append({"epoch": 0, **atlas_sharpness(image, labels), **scores})
     yield _atlas_progress(history[-1], image, labels, data, config.epochs)
     first_epoch = history[-1]["epoch"] + 1
-    generator = torch.Generator().manual_seed(config.seed + first_epoch - 1)
+    generator = torch.Generator().manual_seed(rank_seed(config.seed + first_epoch - 1, rank))
+    stepping_model = wrap_model(model, context, broadcast_buffers=False) if context else model
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     loss_function = AtlasIstnLoss(config.smoothness, config.omega)
     clock = _Clock(max(0, config.epochs - first_epoch + 1) * config.steps_per_epoch)
     for epoch in range(first_epoch, config.epochs + 1):
         loss_function.omega = omega_at(epoch, config.omega_ramp_epoch, config.omega)
-        losses = yield from _train_epoch(model, optimiser, loss_function, data, generator, config, epoch, clock)
+        losses = yield from _train_epoch(stepping_model, optimiser, loss_function, data, generator, config, epoch,
+                                         clock, context)
         finished_early = len(losses) < config.steps_per_epoch
-        warped_image, warped_labels = yield from warped_training_mean(model, data, config.device)
+        warped_image, warped_labels = yield from warped_training_mean(model, data, device, context)
         image = update_atlas(image, warped_image, config.atlas_rate)
         labels = update_atlas(labels, warped_labels, config.atlas_rate)
         model.set_atlas(image, labels)
         record = {"epoch": epoch, "omega": loss_function.omega, **atlas_sharpness(image, labels),
                   **{f"loss_{k}": float(np.mean([t[k] for t in losses])) for k in losses[0]},
-                  **validate(model, data, config.device), "seconds": round(clock.seconds, 1)}
+                  **(validate(model, data, device) if validates else {}), "seconds": round(clock.seconds, 1)}
         history.append(record)
-        if config.snapshot_every and epoch % config.snapshot_every == 0:
+        if validates and config.snapshot_every and epoch % config.snapshot_every == 0:
             _write_atlas(staging, image, labels, data, f"_epoch{epoch:03d}")
         if finished_early:  # FINISH was sent: this shortened epoch is the last
             record["finished_early"] = True
             break
         yield _atlas_progress(record, image, labels, data, config.epochs)
-    _write_outputs(staging, model, image, labels, data, config, history, clock.seconds)
+    if staging is None:
+        return []
+    _write_outputs(staging, model, image, labels, data, config, history, clock.seconds,
+                   context.world_size if context else 1)
     return write_atomically(lambda folder: [os.replace(path, folder / path.name) for path in staging.iterdir()], out)
+
+
+def _model_and_atlas(config: AtlasConfig, out: Path, resume: bool, data: AtlasTrainingData, device: str
+                     ) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor, list]:
+    """A new seeded model holding the initial atlas, or the finished build's in ``out`` with ``resume``; its history."""
+    from warpseg.learning.registry import new_model
+
+    torch.manual_seed(config.seed)
+    options = {**MODEL_DEFAULTS[config.ndim], **config.model_options}
+    model = new_model("atlas-istn", config.ndim, num_labels=data.num_labels, atlas_shape=data.shape,
+                      **options).to(device)
+    image, labels = (tensor.to(device) for tensor in data.initial_atlas())
+    history = []
+    if resume and (out / "model.pt").is_file():
+        image, labels, history = _resume(out / "model.pt", model, device)
+    model.set_atlas(image, labels)
+    return model, image, labels, history
 
 
 class _Clock:
@@ -230,22 +299,32 @@ class _Clock:
 
 
 def _train_epoch(model, optimiser, loss_function, data: AtlasTrainingData, generator: torch.Generator,
-                 config: AtlasConfig, epoch: int, clock: _Clock) -> Generator[Progress, None, list[dict]]:
+                 config: AtlasConfig, epoch: int, clock: _Clock, context=None) -> Generator[Progress, None, list[dict]]:
     """``config.steps_per_epoch`` training steps on augmented draws; returns their loss terms."""
     from warpseg.learning.train import training_step
 
+    device = context.device if context else config.device
     model.train()
     losses = []
     for _ in range(config.steps_per_epoch):
         example = data.example(data.draw(generator), generator)
-        losses.append(training_step(model, optimiser, loss_function, example, config.device, example_loss_terms))
+        losses.append(training_step(model, optimiser, loss_function, example, device, example_loss_terms))
         clock.done += 1
         if clock.done % 10 == 0:
             sent = yield Progress("train", clock.done, clock.total, f"epoch {epoch}/{config.epochs}, ETA {clock.eta()}",
                                   loss=losses[-1]["total"])
-            if sent is FINISH:
+            if _finish_requested(sent, context):
                 break
     return losses
+
+
+def _finish_requested(sent, context) -> bool:
+    """Whether :data:`FINISH` was sent here or, distributed, to any rank (a collective): all ranks stop together."""
+    if context is None:
+        return sent is FINISH
+    from warpseg.learning.distributed import gather_from_ranks
+
+    return any(gather_from_ranks(sent is FINISH))
 
 
 def _resume(path: Path, model, device: str) -> tuple[torch.Tensor, torch.Tensor, list]:
@@ -283,7 +362,7 @@ def _write_atlas(folder: Path, image: torch.Tensor, labels: torch.Tensor, data, 
 
 
 def _write_outputs(folder: Path, model, image, labels, data: AtlasTrainingData, config: AtlasConfig,
-                   history: list, seconds: float) -> None:
+                   history: list, seconds: float, world_size: int = 1) -> None:
     from warpseg.learning.checkpoint import save_checkpoint
     from warpseg.learning.preprocess import Preprocessing
 
@@ -296,7 +375,7 @@ def _write_outputs(folder: Path, model, image, labels, data: AtlasTrainingData, 
         "data": {"training_subjects": data.sources, "validation_subjects": [s.name for s in data.validation],
                  "label_set": data.label_set, "items": len(data.items)},
         "validation": scores[-1] if scores else None, "history": history, "seconds": round(seconds, 1),
-        "torch": str(torch.__version__),
+        "world_size": world_size, "torch": str(torch.__version__),
     }
     extra = {"segmentation": {"label_set": data.label_set, "label_names": dict(data.label_names),
                               "num_labels": data.num_labels},

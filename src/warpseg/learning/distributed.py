@@ -7,6 +7,7 @@ nccl with one GPU per local rank. DistributedDataParallel averages the gradients
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,13 +43,16 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def start_distributed(device: str) -> DistributedContext:
-    """Join the process group ``torchrun`` describes: gloo on ``"cpu"``, nccl on ``"cuda"``."""
+def start_distributed(device: str, command: str = "train") -> DistributedContext:
+    """Join the process group ``torchrun`` describes: gloo on ``"cpu"``, nccl on ``"cuda"``.
+
+    ``command`` (``"train"``, ``"atlas build"``) names the CLI command in the error raised outside torchrun.
+    """
     import torch.distributed as dist
 
     if not launched_by_torchrun():
         raise WarpsegError("--distributed runs under torchrun, e.g. "
-                           "torchrun --nproc_per_node=2 -m warpseg.cli train ... --distributed")
+                           f"torchrun --nproc_per_node=2 -m warpseg.cli {command} ... --distributed")
     local_rank = int(os.environ["LOCAL_RANK"])
     if device.startswith("cuda"):
         torch.cuda.set_device(local_rank)
@@ -70,12 +74,42 @@ def stop_distributed(wait: bool = True) -> None:
         dist.destroy_process_group()
 
 
-def wrap_model(model: torch.nn.Module, context: DistributedContext) -> torch.nn.Module:
-    """``model`` in DistributedDataParallel: every rank starts from rank 0's weights, gradients averaged."""
+def run_in_process_group(job: Callable[[DistributedContext | None], Generator], device: str, distributed: bool,
+                         command: str = "train") -> Generator:
+    """``yield from job(context)``: in the group ``torchrun`` describes when ``distributed``, else with ``None``.
+
+    The group is left at the end: after every rank got there, or at once after an error (or
+    :meth:`close`). Returns what ``job`` returns.
+    """
+    context = start_distributed(device, command) if distributed else None
+    try:
+        result = yield from job(context)
+    except BaseException:
+        if context is not None:
+            stop_distributed(wait=False)
+        raise
+    if context is not None:
+        stop_distributed()
+    return result
+
+
+def wrap_model(model: torch.nn.Module, context: DistributedContext, broadcast_buffers: bool = True) -> torch.nn.Module:
+    """``model`` in DistributedDataParallel: every rank starts from rank 0's weights, gradients averaged.
+
+    ``broadcast_buffers=False`` skips sending rank 0's buffers before every forward pass, for
+    buffers the ranks keep equal themselves (Atlas-ISTN's atlas).
+    """
     from torch.nn.parallel import DistributedDataParallel
 
     device_ids = [context.local_rank] if context.device.startswith("cuda") else None
-    return DistributedDataParallel(model, device_ids=device_ids)
+    return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=broadcast_buffers)
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a DistributedDataParallel wrapper, or ``model`` itself."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return model.module if isinstance(model, DistributedDataParallel) else model
 
 
 def rank_seed(seed: int, rank: int) -> int:
@@ -92,3 +126,21 @@ def gather_from_ranks(value) -> list:
     gathered = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, value)
     return gathered
+
+
+def sum_over_ranks(*tensors: torch.Tensor) -> None:
+    """Replace every tensor, in place, by its sum over the ranks (a collective: every rank must call it).
+
+    The tensors lie on the rank's device (CUDA ones under nccl); every rank ends with the same values.
+    """
+    import torch.distributed as dist
+
+    for tensor in tensors:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+
+
+def share_of_items(items: list, context: DistributedContext | None) -> list:
+    """This rank's share of ``items``: every ``world_size``-th from ``rank``; all of them without a context."""
+    if context is None:
+        return list(items)
+    return list(items[context.rank::context.world_size])

@@ -114,18 +114,10 @@ def train_registration(config: TrainingConfig, out: Path, *, resume: bool = Fals
     copy on its own pairs (its own sampling seed), gradients are averaged, and rank 0 alone
     validates and writes the checkpoint, in the single-process format.
     """
-    from warpseg.learning.distributed import start_distributed, stop_distributed
+    from warpseg.learning.distributed import run_in_process_group
 
-    context = start_distributed(config.device) if distributed else None
-    try:
-        path = yield from _train(config, Path(out), resume, context)
-    except BaseException:
-        if context is not None:
-            stop_distributed(wait=False)
-        raise
-    if context is not None:
-        stop_distributed()
-    return path
+    return (yield from run_in_process_group(lambda context: _train(config, Path(out), resume, context),
+                                            config.device, distributed))
 
 
 def _train(config: TrainingConfig, out: Path, resume: bool, context) -> Generator[Progress, None, Path]:
