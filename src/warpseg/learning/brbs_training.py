@@ -28,7 +28,7 @@ from warpseg.learning.few_shot import FewShotData
 from warpseg.learning.label_maps import label_set_names
 from warpseg.learning.losses import RegistrationLoss, SegmentationLoss, class_weights, one_hot, soft_dice
 from warpseg.learning.pcreg_rt_training import describe_joint, perception_trust, validate_joint
-from warpseg.learning.segmentation_training import data_record, segmentation_record
+from warpseg.learning.segmentation_training import data_record, few_shot_loss, segmentation_record
 from warpseg.learning.train import TrainingConfig, TrainingTask
 from warpseg.models.brbs import SpaceStyleSampling
 
@@ -151,9 +151,7 @@ def registration_terms(loss: RegistrationLoss, atlas: torch.Tensor, labels: torc
 def brbs_task(config: TrainingConfig) -> TrainingTask:
     """Few-shot BRBS training on ``config.labels`` with K = ``config.shots`` atlases."""
     names = label_set_names(config.data, config.labels)
-    loss = BrbsLoss(config.ndim, smoothness=config.smoothness, similarity=config.similarity,
-                    dice_weight=config.dice_weight, segmentation_weight=config.segmentation_weight,
-                    consistency_weight=config.consistency_weight)
+    loss = few_shot_loss(BrbsLoss, config)
     return TrainingTask(
         loss_function=loss,
         load_data=lambda: BrbsData(config.data, config.ndim, config.labels, config.shots,

@@ -30,7 +30,9 @@ import torch.nn.functional as F
 from warpseg.learning.few_shot import FewShotData
 from warpseg.learning.label_maps import label_set_names
 from warpseg.learning.losses import RegistrationLoss, SegmentationLoss, one_hot, soft_dice
-from warpseg.learning.segmentation_training import data_record, describe, segmentation_record, validate_segmentation
+from warpseg.learning.segmentation_training import (
+    data_record, describe, few_shot_loss, segmentation_record, validate_segmentation,
+)
 from warpseg.learning.train import TrainingConfig, TrainingTask
 
 
@@ -126,9 +128,7 @@ def describe_joint(scores: dict[str, float]) -> str:
 def pcreg_rt_task(config: TrainingConfig) -> TrainingTask:
     """Few-shot PC-Reg-RT training on ``config.labels`` with K = ``config.shots`` atlases."""
     names = label_set_names(config.data, config.labels)
-    loss = PcRegRtLoss(config.ndim, smoothness=config.smoothness, similarity=config.similarity,
-                       dice_weight=config.dice_weight, segmentation_weight=config.segmentation_weight,
-                       consistency_weight=config.consistency_weight)
+    loss = few_shot_loss(PcRegRtLoss, config)
     return TrainingTask(
         loss_function=loss,
         load_data=lambda: FewShotData(config.data, config.ndim, config.labels, config.shots,

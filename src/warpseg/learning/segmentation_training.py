@@ -130,13 +130,18 @@ def describe(scores: dict[str, float]) -> str:
     return text
 
 
+def few_shot_loss(loss_class, config: TrainingConfig):
+    """``loss_class`` (a few-shot joint loss) with the weights of ``config``."""
+    return loss_class(config.ndim, smoothness=config.smoothness, similarity=config.similarity,
+                      dice_weight=config.dice_weight, segmentation_weight=config.segmentation_weight,
+                      consistency_weight=config.consistency_weight)
+
+
 def segmentation_task(config: TrainingConfig) -> TrainingTask:
     """Few-shot training of ``config.method`` (nice-transeg or seg-unet) on ``config.labels``."""
     names = label_set_names(config.data, config.labels)
     pair_network = config.method == "nice-transeg"
-    loss = JointSegmentationLoss(config.ndim, smoothness=config.smoothness, similarity=config.similarity,
-                                 segmentation_weight=config.segmentation_weight,
-                                 consistency_weight=config.consistency_weight, dice_weight=config.dice_weight)
+    loss = few_shot_loss(JointSegmentationLoss, config)
     return TrainingTask(
         loss_function=loss,
         load_data=lambda: FewShotData(config.data, config.ndim, config.labels, config.shots,

@@ -74,4 +74,12 @@ class SegmentationUNetSegmentation(LearnedSegmentation):
         return model(tensor)["segmentation"], {}
 
 
-__all__ = ["LABEL_SETS", "LearnedSegmentation", "SegmentationUNetSegmentation"]
+class OwnSegmentationNet(LearnedSegmentation):
+    """A method whose model carries a segmentation net of its own, ``model.segment(image)``
+    (PC-Reg-RT's perception, BRBS's segmentation net): no atlas at inference."""
+
+    def predict(self, model, tensor, checkpoint: dict, *, atlas, image, grid) -> tuple:
+        return model.segment(tensor), {}
+
+
+__all__ = ["LABEL_SETS", "LearnedSegmentation", "OwnSegmentationNet", "SegmentationUNetSegmentation"]

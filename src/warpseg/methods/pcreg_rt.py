@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from warpseg.methods.learned_segmentation import LearnedSegmentation
+from warpseg.methods.learned_segmentation import OwnSegmentationNet
 from warpseg.methods.nice_transeg import NiceTransegRegistration
 
 
@@ -21,15 +21,12 @@ class PcRegRtRegistration(NiceTransegRegistration):
                    "few-shot); also writes both segmentations.")
 
 
-class PcRegRtSegmentation(LearnedSegmentation):
+class PcRegRtSegmentation(OwnSegmentationNet):
     """PC-Reg-RT's perception net: one image in, label logits out."""
 
     name: ClassVar[str] = "pcreg-rt"
     description: ClassVar[str] = ("PC-Reg-RT perception net: segmentation taught by registration-made "
                                   "pseudo-labels from K labelled atlases.")
-
-    def predict(self, model, tensor, checkpoint: dict, *, atlas, image, grid) -> tuple:
-        return model.segment(tensor), {}
 
 
 __all__ = ["PcRegRtRegistration", "PcRegRtSegmentation"]
