@@ -53,12 +53,17 @@ def _add_register(commands) -> None:
                          help="CSV of x,y,z world points in mm (RAS), one per row (a header row allowed)")
     command.add_argument("--fixed-landmarks", type=Path, default=None,
                          help="CSV of the corresponding fixed points, same order; result.json gets tre_mm_*")
+    add_job_arguments(command, "iterations=50")
+    command.set_defaults(run=_run_register)
+
+
+def add_job_arguments(command, option_example: str) -> None:
+    """The arguments every register or segment command ends with: device, options, output, quiet."""
     command.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     command.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                         help="a method option, e.g. --option iterations=50 (repeatable)")
+                         help=f"a method option, e.g. --option {option_example} (repeatable)")
     command.add_argument("--out", type=Path, required=True, help="output folder")
     command.add_argument("--quiet", action="store_true", help="print no progress")
-    command.set_defaults(run=_run_register)
 
 
 def _run_register(args) -> int:
@@ -89,11 +94,7 @@ def _add_segment(commands) -> None:
     command.add_argument("--atlas-labels", type=Path, default=None, help="the atlas's label map")
     command.add_argument("--labels", type=Path, default=None, help="reference labels: result.json gets Dice and HD95")
     command.add_argument("--weights", default=None, help="weights file for learned methods")
-    command.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    command.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                         help="a method option, e.g. --option registration=nir (repeatable)")
-    command.add_argument("--out", type=Path, required=True, help="output folder")
-    command.add_argument("--quiet", action="store_true", help="print no progress")
+    add_job_arguments(command, "registration=nir")
     command.set_defaults(run=_run_segment)
 
 
