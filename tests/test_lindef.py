@@ -60,8 +60,19 @@ def test_monotonic_grid_lines_alone_can_fold_and_the_dominance_scaling_prevents_
     torch.manual_seed(0)
     raw = gradients_to_displacement(2 * torch.rand(1, 2, 40, 40))
     assert (jacobian_determinant(raw) <= 0).any()  # why the paper's construction needs the scaling
-    scaled, scale = enforce_diagonal_dominance(raw)
+    scaled, scale, _ = enforce_diagonal_dominance(raw)
     assert 0 < scale.item() < 1 and (jacobian_determinant(scaled) > 0).all()
+
+
+def test_the_dominance_penalty_is_zero_where_no_rescaling_is_needed_and_grows_with_the_excess():
+    model = LinearDeformable(2, **TINY).eval()
+    images = torch.rand(2, 1, 1, 24, 28, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        at_identity = model(images[0], images[1])
+        randomise(model, torch.Generator().manual_seed(1), 1.0)
+        random = model(images[0], images[1])
+    assert at_identity["loss_terms"]["dominance_penalty"] == 0 and at_identity["dominance_scale"].item() == 1
+    assert random["dominance_scale"].item() < 1 and random["loss_terms"]["dominance_penalty"] > 0
 
 
 def randomise(model: torch.nn.Module, generator: torch.Generator, scale: float) -> None:
@@ -173,10 +184,21 @@ def test_lindef_honours_the_register_contract(tmp_path, ndim):
     assert summary["method"] == "lindef" and summary["weights"] == str(weights)
 
 
-def test_lindef_without_weights_says_how_to_train_them():
+def test_the_similarity_option_picks_the_shipped_weights_and_says_how_to_train_missing_ones(tmp_path, monkeypatch):
+    from warpseg.methods import learned_inference
+    from warpseg.methods.lindef import LinearDeformableRegistration
+
+    monkeypatch.setattr(learned_inference, "shipped_weights",
+                        lambda method, ndim, variant=None: tmp_path / f"{method}_{ndim}d_{variant}.pt")
+    (tmp_path / "lindef_2d_mse.pt").write_bytes(b"")
+    assert LinearDeformableRegistration(similarity="mse").weights_path(2) == tmp_path / "lindef_2d_mse.pt"
+    assert not LinearDeformableRegistration().has_weights_for(2)  # the default, lncc, is not there
     image, _ = blob_pair((32, 32), np.eye(4), 1)
-    with pytest.raises(InputError, match="no shipped 2D weights for lindef.*warpseg train lindef"):
+    with pytest.raises(InputError, match="no shipped 2D lncc weights for lindef.*warpseg train lindef --ndim 2 "
+                                         "--similarity lncc"):
         run_to_end(register(image, image, "lindef", device="cpu"))
+    with pytest.raises(InputError, match="lindef ships weights for similarity lncc, mse, mi, not 'nmi'"):
+        run_to_end(register(image, image, "lindef", device="cpu", options={"similarity": "nmi"}))
 
 
 @pytest.mark.slow
@@ -189,4 +211,4 @@ def test_train_cli_stores_the_similarity_in_the_checkpoint(tmp_path, shared_data
     checkpoint = read_checkpoint(weights)
     config = checkpoint["training"]["config"]
     assert checkpoint["model"]["class"] == "LinearDeformable" and checkpoint["preprocessing"]["size_multiple"] == 1
-    assert config["similarity"] == "mi" and config["smoothness"] == 0.0
+    assert config["similarity"] == "mi" and config["smoothness"] == 1.0

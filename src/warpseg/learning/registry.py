@@ -7,9 +7,8 @@ from warpseg.errors import InputError
 
 TRAINING_DEFAULTS: dict[str, dict] = {
     # The paper's loss is similarity + L1 penalties on A - I and on the spatial gradients (the model's
-    # loss_terms), without a diffusion term: a diffusion term on the full field would also penalise
-    # the affine part.
-    "lindef": {"smoothness": 0.0},
+    # loss_terms); we add the diffusion term on the deformable stage alone (its "deformable_displacement").
+    "lindef": {"smoothness": 1.0},
 }
 """Per-method defaults for training options the user did not set (others: TrainingConfig's)."""
 

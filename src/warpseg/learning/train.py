@@ -206,7 +206,8 @@ def pair_loss_terms(model, loss_function, pair: dict, device: str) -> dict[str, 
     displacement = outputs["displacement"]
     warped = warp_image(moving, displacement)
     warped_onehot = warp_image(one_hot(pair["moving_labels"].to(device), NUM_SEG4), displacement)
-    terms = loss_function(warped, fixed, displacement, warped_onehot, one_hot(pair["fixed_labels"].to(device), NUM_SEG4))
+    regularised = outputs.get("deformable_displacement", displacement)  # lindef: not the affine part
+    terms = loss_function(warped, fixed, regularised, warped_onehot, one_hot(pair["fixed_labels"].to(device), NUM_SEG4))
     for name, value in outputs.get("loss_terms", {}).items():  # the model's own penalties (lindef)
         terms[name] = value
         terms["total"] = terms["total"] + value

@@ -14,10 +14,11 @@ import numpy as np
 from warpseg.errors import InputError
 
 
-def shipped_weights(method: str, ndim: int, label_set: str | None = None) -> Path:
+def shipped_weights(method: str, ndim: int, variant: str | None = None) -> Path:
     """Path of the weights shipped in the package for ``method`` in ``ndim`` dimensions
-    (``{method}_{ndim}d.pt``, or ``{method}_{ndim}d_{label_set}.pt`` for a method trained per label set)."""
-    suffix = f"_{label_set}" if label_set else ""
+    (``{method}_{ndim}d.pt``, or ``{method}_{ndim}d_{variant}.pt`` for a method trained per label set
+    or per similarity)."""
+    suffix = f"_{variant}" if variant else ""
     return Path(str(files("warpseg") / "weights" / f"{method}_{ndim}d{suffix}.pt"))
 
 
@@ -31,6 +32,8 @@ class ShippedWeights:
     training_hint: ClassVar[str] = ""
     label_sets: ClassVar[tuple[str, ...]] = ()
     """Label sets with weights of their own (the first is the default), picked by the ``labels`` option."""
+    variant_option: ClassVar[str] = "labels"
+    """The option, and ``warpseg train`` flag, whose value :attr:`weights_variant` is."""
 
     @classmethod
     def has_shipped_weights(cls, ndim: int) -> bool:
@@ -55,20 +58,26 @@ class ShippedWeights:
                              f"choose labels={' or labels='.join(self.label_sets)}")
         return chosen
 
+    @property
+    def weights_variant(self) -> str | None:
+        """Suffix of the shipped weights this instance uses (``{method}_{n}d_{variant}.pt``): its label set."""
+        return self.label_set
+
     def weights_path(self, ndim: int) -> Path:
-        return resolve_weights(self.name, self.weights, ndim, self.training_hint, self.label_set)
+        return resolve_weights(self.name, self.weights, ndim, self.training_hint, self.weights_variant,
+                               self.variant_option)
 
 
 def resolve_weights(method: str, weights: str | None, ndim: int, training_hint: str = "",
-                    label_set: str | None = None) -> Path:
+                    variant: str | None = None, variant_option: str = "labels") -> Path:
     """``weights`` when given, else the shipped file; a clear error saying how to train when none ships."""
     if weights:
         return Path(weights)
-    path = shipped_weights(method, ndim, label_set)
+    path = shipped_weights(method, ndim, variant)
     if not path.is_file():
-        labels = f" --labels {label_set}" if label_set else ""
-        raise InputError(f"no shipped {ndim}D{' ' + label_set if label_set else ''} weights for {method} yet; "
-                         f"train some with `warpseg train {method} --ndim {ndim}{labels}{training_hint} "
+        flag = f" --{variant_option} {variant}" if variant else ""
+        raise InputError(f"no shipped {ndim}D{' ' + variant if variant else ''} weights for {method} yet; "
+                         f"train some with `warpseg train {method} --ndim {ndim}{flag}{training_hint} "
                          f"--out {path.name}` and pass --weights")
     return path
 
