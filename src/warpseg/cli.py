@@ -203,8 +203,8 @@ def _add_train(commands) -> None:
     command.add_argument("--out", type=Path, required=True, help="checkpoint file to write (.pt)")
     command.add_argument("--steps", type=int, default=2000)
     command.add_argument("--lr", type=float, default=1e-4)
-    command.add_argument("--smoothness", type=float, default=None,
-                         help="weight of the diffusion regulariser (default 1; 0 for lindef, which has its own penalties)")
+    command.add_argument("--smoothness", type=float, default=1.0,
+                         help="weight σ of the diffusion regulariser (lindef: on its deformable stage; default 1)")
     command.add_argument("--similarity", default="lncc",
                          help="image similarity: mse, lncc, mi or a weighted sum such as 'mi:0.5,lncc:0.5' (default: lncc)")
     command.add_argument("--dice-weight", type=float, default=1.0, help="weight of the label Dice term (0: unsupervised)")
@@ -243,7 +243,6 @@ def _run_train(args) -> int:
     from warpseg.bench.pairs import default_data_dir
     from warpseg.engine.register import resolve_device, run_to_end
     from warpseg.learning.distributed import is_main_process
-    from warpseg.learning.registry import training_default
     from warpseg.learning.train import TrainingConfig, train_registration
 
     from warpseg.learning.few_shot import default_validation_subjects
@@ -254,7 +253,6 @@ def _run_train(args) -> int:
     if args.method in ATLAS_NETWORKS:
         raise WarpsegError(f"{args.method} trains while it builds its atlas: use `warpseg atlas build --ndim {args.ndim} "
                            f"--out DIR`")
-    smoothness = args.smoothness if args.smoothness is not None else training_default(args.method, "smoothness", 1.0)
     segmenting = args.method in SEGMENTATION_NETWORKS
     if args.validation_subjects:
         validation = tuple(args.validation_subjects.split(","))
@@ -263,7 +261,7 @@ def _run_train(args) -> int:
     shots = args.shots if args.shots is not None else (1 if args.labels == "seg35" else 5)
     config = TrainingConfig(
         method=args.method, ndim=args.ndim, data=str(args.data or default_data_dir()), steps=args.steps,
-        learning_rate=args.lr, smoothness=smoothness, dice_weight=args.dice_weight, similarity=args.similarity,
+        learning_rate=args.lr, smoothness=args.smoothness, dice_weight=args.dice_weight, similarity=args.similarity,
         seed=args.seed,
         validate_every=args.validate_every, validation_subjects=validation,
         label_maps=args.label_maps, spacing=args.spacing, device=resolve_device(args.device),

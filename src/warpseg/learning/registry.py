@@ -1,16 +1,9 @@
-"""Which network each learned method trains, with its default size and training defaults."""
+"""Which network each learned method trains, and which methods train few-shot or while building an atlas."""
 from __future__ import annotations
 
 import torch
 
 from warpseg.errors import InputError
-
-TRAINING_DEFAULTS: dict[str, dict] = {
-    # The paper's loss is similarity + L1 penalties on A - I and on the spatial gradients (the model's
-    # loss_terms); we add the diffusion term on the deformable stage alone (its "deformable_displacement").
-    "lindef": {"smoothness": 1.0},
-}
-"""Per-method defaults for training options the user did not set (others: TrainingConfig's)."""
 
 SEGMENTATION_NETWORKS = ("nice-transeg", "seg-unet", "pcreg-rt", "brbs")
 """Methods trained few-shot on labelled atlases (``--labels``, ``--shots``) instead of as registration."""
@@ -39,7 +32,3 @@ def new_model(method: str, ndim: int, **options) -> torch.nn.Module:
         raise InputError(f"no trainable network for {method!r}; choose one of: {', '.join(builders)}")
     return builders[method]()
 
-
-def training_default(method: str, option: str, fallback):
-    """The default of a training ``option`` for ``method`` (``fallback`` when it has none of its own)."""
-    return TRAINING_DEFAULTS.get(method, {}).get(option, fallback)
