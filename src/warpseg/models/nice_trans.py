@@ -196,16 +196,19 @@ class NiceTrans(nn.Module):
         return features
 
     def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> dict:
+        moving_features, fixed_features, normalised, state, outputs = self.encode_and_align(moving, fixed)
+        if self.affine_only:
+            return with_levels(outputs, [])
+        return with_levels(outputs, self._deformable_steps(normalised, moving_features, fixed_features, state))
+
+    def encode_and_align(self, moving: torch.Tensor, fixed: torch.Tensor) -> tuple:
+        """Check the pair, encode both images and run the affine step: the moving and fixed feature
+        lists, the normalised affine, the coarsest state and the affine outputs."""
         check_image_pair(moving, fixed, ndim=self.ndim, in_channels=self.in_channels,
                          size_multiple=self.size_multiple)
         moving_features, fixed_features = self.encode_pair(moving, fixed)
         normalised, state = self.affine_step(moving_features, fixed_features)
-        outputs = self.affine_outputs(normalised, fixed.shape[2:])
-        if self.affine_only:
-            return {**outputs, "displacement": outputs["affine_displacement"], "level_displacements": []}
-        level_displacements = self._deformable_steps(normalised, moving_features, fixed_features, state)
-        return {**outputs, "displacement": level_displacements[-1],
-                "level_displacements": level_displacements}
+        return moving_features, fixed_features, normalised, state, self.affine_outputs(normalised, fixed.shape[2:])
 
     def encode_pair(self, moving: torch.Tensor, fixed: torch.Tensor) -> tuple[list, list]:
         """Both images through the shared encoder in one batch of ``2B``: (moving, fixed) feature lists."""
@@ -258,3 +261,10 @@ class NiceTrans(nn.Module):
             deformable = compose_displacements(deformable, residual)
             level_displacements.append(affine_part + apply_linear(linear, deformable))
         return level_displacements
+
+
+def with_levels(outputs: dict, levels: list[torch.Tensor]) -> dict:
+    """``outputs`` with the transform of every level and the final ``displacement``: the finest
+    level's, or the affine's when there are no levels (affine-only)."""
+    final = levels[-1] if levels else outputs["affine_displacement"]
+    return {**outputs, "displacement": final, "level_displacements": levels}

@@ -33,8 +33,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from warpseg.models.blocks import ConvActivation, apply_linear, check_image_pair, conv_layer, resize_features
-from warpseg.models.nice_trans import NiceTrans
+from warpseg.models.blocks import ConvActivation, apply_linear, conv_layer, resize_features
+from warpseg.models.nice_trans import NiceTrans, with_levels
 from warpseg.models.swin import SwinBlockPair
 from warpseg.spatial import compose_displacements, warp_image
 
@@ -119,18 +119,11 @@ class NiceTranseg(NiceTrans):
             input_widths=[2 * width + 2 * state for width, state in zip(widths, states)], **common)
 
     def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> dict:
-        check_image_pair(moving, fixed, ndim=self.ndim, in_channels=self.in_channels,
-                         size_multiple=self.size_multiple)
-        moving_features, fixed_features = self.encode_pair(moving, fixed)
-        normalised, state = self.affine_step(moving_features, fixed_features)
-        outputs = self.affine_outputs(normalised, fixed.shape[2:])
+        moving_features, fixed_features, normalised, state, outputs = self.encode_and_align(moving, fixed)
         levels, moving_state, fixed_state = self._coupled_steps(normalised, moving_features, fixed_features, state)
-        segmentations = {"moving_segmentation": self.moving_branch.logits(moving_state),
-                         "fixed_segmentation": self.fixed_branch.logits(fixed_state)}
-        if self.affine_only:
-            return {**outputs, **segmentations, "displacement": outputs["affine_displacement"],
-                    "level_displacements": []}
-        return {**outputs, **segmentations, "displacement": levels[-1], "level_displacements": levels}
+        outputs = {**outputs, "moving_segmentation": self.moving_branch.logits(moving_state),
+                   "fixed_segmentation": self.fixed_branch.logits(fixed_state)}
+        return with_levels(outputs, [] if self.affine_only else levels)
 
     def _coupled_steps(self, normalised: torch.Tensor, moving_features: list[torch.Tensor],
                        fixed_features: list[torch.Tensor], state: torch.Tensor):
