@@ -35,6 +35,19 @@ def test_sections_are_replaced_in_place(tmp_path, shared_data):
     assert "| identity | 0.500 ± 0.000 | 0.700 ± 0.000 | 0.700 ± 0.000 | 3.00 ± 0.00 | 1.00 ± 0.00 | 0.000 | 1.000 |" in text
 
 
+def test_new_sections_go_before_the_hand_written_reading(tmp_path):
+    from warpseg.bench.report import READING_HEADING, replace_section
+
+    path = tmp_path / "BENCHMARKS.md"
+    replace_section(path, "first", "table one\n")
+    path.write_text(path.read_text() + f"\n{READING_HEADING} (by hand)\n\nnotes\n")
+    replace_section(path, "second", "table two\n")
+    replace_section(path, "first", "table one, again\n")
+    text = path.read_text()
+    assert text.index("table one, again") < text.index("table two") < text.index(READING_HEADING)
+    assert text.rstrip().endswith("notes") and "table one\n" not in text
+
+
 def test_identity_benchmark_on_one_real_2d_pair(tmp_path, shared_data):
     output = tmp_path / "BENCHMARKS.md"
     tables = run_benchmark(shared_data, methods=["identity"], ndims=[2], max_pairs=1, output=output)

@@ -80,12 +80,25 @@ def update_benchmarks_file(path: Path, key: str, ndim: int, pairs, summary, mach
     replace_section(path, key, render_table(ndim, pairs, summary, machine))
 
 
+READING_HEADING = "## Reading these tables"
+"""The hand-written part of the file starts with this heading; new sections go in before it."""
+
+
 def replace_section(path: Path, key: str, body: str) -> None:
-    """Replace (or append) the section between ``<!-- bench:key -->`` markers, keeping the others."""
+    """Replace (or add) the section between ``<!-- bench:key -->`` markers, keeping the others.
+
+    A new section goes before the hand-written reading of the tables, or at the end without one.
+    """
     section = f"<!-- bench:{key} -->\n{body}<!-- /bench:{key} -->\n"
     text = path.read_text() if path.exists() else HEADER
     pattern = re.compile(rf"<!-- bench:{re.escape(key)} -->.*?<!-- /bench:{re.escape(key)} -->\n", re.S)
-    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section, text)
+    elif READING_HEADING in text:
+        head, reading = text.split(READING_HEADING, 1)
+        text = head + section + "\n" + READING_HEADING + reading
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
     path.write_text(text)
 
 
