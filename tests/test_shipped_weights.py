@@ -1,5 +1,9 @@
 """The weights shipped in the package: self-described, and better than identity on a held-out pair."""
+from pathlib import Path
+
 import pytest
+
+import warpseg
 
 from warpseg.engine import register, run_to_end
 from warpseg.io import read_volume
@@ -8,6 +12,24 @@ from warpseg.methods import METHODS
 
 SHIPPED = [(name, ndim) for name, method in METHODS.items() if method.needs_weights
            for ndim in (2, 3) if method.has_shipped_weights(ndim) and name != "nice-trans-affine"]
+
+
+WEIGHT_FILES = sorted((Path(warpseg.__file__).parent / "weights").glob("*.pt"))
+
+
+@pytest.mark.parametrize("path", WEIGHT_FILES, ids=lambda path: path.name)
+def test_every_weights_file_is_named_after_what_made_it(path):
+    """``<method>_<n>d[_<variant>].pt``: the method, dimensionality and label set or similarity it was
+    trained with, by a warpseg command, validated on subjects it never trained on."""
+    method, dimensions, *variant = path.stem.split("_")
+    checkpoint = read_checkpoint(path)
+    training = checkpoint["training"]
+    assert checkpoint["method"] == method and f"{checkpoint['model']['config']['ndim']}d" == dimensions
+    trained_by = "warpseg atlas build" if method == "atlas-istn" else f"warpseg train {method}"
+    assert training["command"].startswith(trained_by)
+    if variant:
+        assert variant == [training["config"]["labels"] if method != "lindef" else training["config"]["similarity"]]
+    assert not set(training["data"]["validation_subjects"]) & set(training["data"]["training_subjects"])
 
 
 @pytest.mark.parametrize("method,ndim", SHIPPED)
