@@ -55,10 +55,11 @@ Deviations from the paper, and why
   (paper 128-64-32-32-32), squeeze-and-excitation reduction 4.
 * Replicate padding in every conv. With zero padding the network's output differs systematically
   in the border columns, and the cumulative sum integrates that difference along the whole column
-  into a shear of several voxels: every fold-free rescaling we saw in training came from there.
+  into a shear of several voxels: in the zero-padded checkpoint we inspected, every voxel that needed
+  the fold-free rescaling lay in the last column.
 * ``dominance_penalty`` (default 100): a training term on the voxels whose diagonal-dominance
-  excess passes the margin, so the network learns to need no rescaling (in training ``s`` stays
-  at 0.99-1); without it the rescaling shrank the whole field to a quarter and nothing was learned.
+  excess passes the margin, so the network learns to need no rescaling (in our training runs ``s``
+  stayed at 0.96-1); without it the rescaling shrank the whole field to a quarter and nothing was learned.
 * The linear branch pools to a 4^n grid, not to one cell. Globally averaged instance-normalised
   features carry almost nothing about the pair, so the paper's branch learned one dataset-wide
   affine (a 3-7 % zoom on our data) that lowered held-out Dice. Even pooled to a grid it learned
