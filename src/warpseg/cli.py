@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from warpseg.errors import WarpsegError
+from warpseg.options import parse_options
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,26 +114,6 @@ def _run_segment(args) -> int:
     scores = f"; Dice {result.metrics['dice_mean']:.3f}" if "dice_mean" in result.metrics else ""
     print(f"{result.method}: {result.seconds:.2f} s on {result.device}{scores}\nwritten to {args.out}")
     return 0
-
-
-def parse_options(pairs: list[str]) -> dict:
-    """``["iterations=50", "mode=diffeo"]`` to ``{"iterations": 50, "mode": "diffeo"}``."""
-    options = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise WarpsegError(f"option {pair!r} is not KEY=VALUE; write e.g. --option iterations=50")
-        key, value = pair.split("=", 1)
-        options[key.strip().replace("-", "_")] = _parse_value(value.strip())
-    return options
-
-
-def _parse_value(text: str):
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False}.get(text.lower(), text)
 
 
 class ProgressPrinter:

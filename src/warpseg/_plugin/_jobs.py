@@ -23,9 +23,10 @@ from warpseg.methods.base import FINISH, Progress
 PROGRESS_INTERVAL = 0.05  # seconds between two progress records sent to the viewer
 CANCELLED = object()
 JOB_MODULES = ("torch", "torch._dynamo", "scipy.ndimage", "SimpleITK", "monai.losses", "warpseg.engine", "warpseg.metrics",
-               "warpseg.learning.losses")
+               "warpseg.learning.losses", "warpseg.options", "napari.qt.threading")
 """What jobs import on first use (several seconds here). Loading a library holds the GIL for hundreds
-of ms at a time, so imports inside a running job stall the viewer: the widgets start importing these
+of ms at a time, so imports inside a running job, or in the viewer's thread when *Run* is pressed
+(the options parser, napari's worker module), stall the viewer: the widgets start importing these
 in the background as soon as they open, while the user picks layers and options."""
 _preloading: threading.Thread | None = None
 

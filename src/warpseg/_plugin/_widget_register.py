@@ -73,7 +73,7 @@ class RegistrationWidget(JobWidget):
     # --- running -------------------------------------------------------------------------------
     def request(self) -> dict[str, Any]:
         """The register() arguments from the widget's fields; a clear InputError when they are wrong."""
-        from warpseg.cli import parse_options
+        from warpseg.options import parse_options
 
         volumes = self.pair_volumes()
         weights = str(self.weights.value) if str(self.weights.value) not in ("", ".") else None

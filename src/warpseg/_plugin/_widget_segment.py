@@ -60,7 +60,7 @@ class SegmentationWidget(JobWidget):
 
     def request(self) -> dict[str, Any]:
         """The segment() arguments from the widget's fields; a clear InputError when they are wrong."""
-        from warpseg.cli import parse_options
+        from warpseg.options import parse_options
 
         image = self.image_volume(self.image.value, "image")
         method = SEGMENTATION_METHODS[self.method.value]

@@ -26,7 +26,7 @@ def parse_method_list(text: str) -> list[str]:
 
 def parse_variant(spec: str) -> tuple[str, dict]:
     """``"nir[iterations=200,mode=displacement]"`` to ``("nir", {"iterations": 200, ...})``."""
-    from warpseg.cli import parse_options
+    from warpseg.options import parse_options
 
     if "[" not in spec:
         return spec, {}
