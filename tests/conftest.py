@@ -3,6 +3,7 @@ and the sample-data cache."""
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -143,3 +144,10 @@ def errors(monkeypatch):
     shown = []
     monkeypatch.setattr(napari.utils.notifications, "show_error", shown.append)
     return shown
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on now (for a test's process group)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO_ROOT, drive
+from conftest import REPO_ROOT, drive, free_port
 from test_atlas_istn import TINY, write_tiny_shared_data
-from test_distributed import free_port
 from warpseg.cli import main
 from warpseg.io import read_volume
 from warpseg.learning.atlas_build import OUTPUT_FILES, AtlasConfig, AtlasProgress, build_atlas, update_atlas

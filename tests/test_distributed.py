@@ -1,7 +1,6 @@
 """`warpseg train --distributed`: DDP on 2 gloo processes equals single-process training on both pairs."""
 import os
 import shutil
-import socket
 import subprocess
 import sys
 
@@ -9,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO_ROOT, blob_pair
+from conftest import REPO_ROOT, blob_pair, free_port
 from warpseg.cli import main
 from warpseg.learning.distributed import DistributedContext, rank_seed, wrap_model
 from warpseg.learning.losses import RegistrationLoss
@@ -18,12 +17,6 @@ from warpseg.learning.train import pair_loss_terms, training_step
 
 TINY_VXM = {"encoder": (4, 8, 8, 8), "decoder": (8, 8, 8, 8, 8, 4, 4)}
 STEPS = 3
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def blob_training_pair(seed: int) -> dict:

@@ -103,9 +103,7 @@ def _run_segment(args) -> int:
     from warpseg.engine import run_to_end, segment, write_segmentation
     from warpseg.io import read_volume
 
-    if (args.atlas is None) != (args.atlas_labels is None):
-        raise WarpsegError("give both --atlas and --atlas-labels (an image and its label map), or neither")
-    atlas = (read_volume(args.atlas, labels=False), read_volume(args.atlas_labels, labels=True)) if args.atlas else None
+    atlas = read_atlas_arguments(args)
     reference = read_volume(args.labels, labels=True) if args.labels else None
     job = segment(read_volume(args.image, labels=False), args.method, atlas=atlas, reference=reference,
                   weights=args.weights, device=args.device, options=parse_options(args.option))
@@ -114,6 +112,15 @@ def _run_segment(args) -> int:
     scores = f"; Dice {result.metrics['dice_mean']:.3f}" if "dice_mean" in result.metrics else ""
     print(f"{result.method}: {result.seconds:.2f} s on {result.device}{scores}\nwritten to {args.out}")
     return 0
+
+
+def read_atlas_arguments(args):
+    """``(image, labels)`` volumes of ``--atlas`` and ``--atlas-labels``, None without them; both or neither."""
+    from warpseg.io import read_volume
+
+    if (args.atlas is None) != (args.atlas_labels is None):
+        raise WarpsegError("give both --atlas and --atlas-labels (an image and its label map), or neither")
+    return (read_volume(args.atlas, labels=False), read_volume(args.atlas_labels, labels=True)) if args.atlas else None
 
 
 class ProgressPrinter:
@@ -432,9 +439,7 @@ def _run_brbs_generate(args) -> int:
     from warpseg.engine.generate import generate_labelled_images
     from warpseg.io import read_volume
 
-    if (args.atlas is None) != (args.atlas_labels is None):
-        raise WarpsegError("give both --atlas and --atlas-labels (an image and its label map), or neither")
-    atlas = (read_volume(args.atlas, labels=False), read_volume(args.atlas_labels, labels=True)) if args.atlas else None
+    atlas = read_atlas_arguments(args)
     images = [read_volume(path, labels=False) for path in args.images or []]
     job = generate_labelled_images(args.weights, args.n, args.out, atlas=atlas, images=images, seed=args.seed,
                                    device=args.device)
