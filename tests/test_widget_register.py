@@ -1,6 +1,7 @@
 """The registration dock widget in a real napari viewer (under Xvfb): run, cancel, bad input."""
 from __future__ import annotations
 
+import sys
 import time
 
 import numpy as np
@@ -163,6 +164,7 @@ def test_nir_streams_a_live_preview_that_the_result_replaces(make_napari_viewer,
     seen = []
     viewer.layers.events.inserted.connect(lambda event: seen.append(event.value.name))
     widget.start()
+    assert "nir: live" in viewer.layers  # made (empty) on Run: creating a layer mid-job froze the viewer
     wait_until_idle(qtbot, widget)
     assert not errors
     assert "nir: live" in seen and "nir: live" not in viewer.layers  # shown while running, gone at the end
@@ -199,3 +201,34 @@ def test_a_registration_sent_to_a_dask_scheduler_comes_back_as_the_same_layers(m
     assert "sitk-demons: warped" in viewer.layers and widget.result is not None
     assert np.allclose(viewer.layers["sitk-demons: warped"].affine.affine_matrix,
                        viewer.layers["fixed"].affine.affine_matrix)
+
+
+def test_a_cancelled_streaming_job_removes_its_live_layer(make_napari_viewer, qtbot, sample_cache, errors):
+    viewer = make_napari_viewer()
+    widget = open_widget(viewer)
+    widget.method.value, widget.method_options.value = "nir", "iterations=100000"
+    names = [layer.name for layer in viewer.layers]
+    widget.start()
+    assert "nir: live" in viewer.layers
+    widget.cancel()
+    wait_until_idle(qtbot, widget)
+    assert not errors and [layer.name for layer in viewer.layers] == names
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread priorities are set on Linux only")
+def test_jobs_run_at_a_lower_priority_than_the_viewer():
+    import os
+    import threading
+
+    from warpseg._plugin._jobs import JOB_NICENESS, drive
+
+    def job():
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        yield from ()
+
+    seen = []
+    worker = threading.Thread(target=lambda: list(drive(job, None, threading.Event())))
+    worker.start()
+    worker.join()
+    viewer_priority = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert seen == [min(19, viewer_priority + JOB_NICENESS)]

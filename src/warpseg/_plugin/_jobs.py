@@ -4,6 +4,10 @@ The viewer's thread only receives progress records (at most ``PROGRESS_INTERVAL`
 every record that carries a preview) and, at the end, the finished value. Heavy post-processing
 (``finish``) also runs in the worker thread, so the event loop never waits on the job.
 
+The worker thread lowers its own scheduling priority first (and the threads a method starts
+inherit it): on a machine with few cores a job that keeps every core busy otherwise stretches
+each repaint of the viewer several times over.
+
 Cancel sets an event; the worker checks it after every progress record of the job, closes the
 job (which stops the method's own threads or processes) and reports ``cancelled`` instead of a
 result. Nothing reaches the viewer from a cancelled job. Finish sets another event: from then on
@@ -12,6 +16,8 @@ return their best result so far (marked partial), which is shown like any result
 """
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Generator
@@ -21,6 +27,7 @@ from typing import Any
 from warpseg.methods.base import FINISH, Progress
 
 PROGRESS_INTERVAL = 0.05  # seconds between two progress records sent to the viewer
+JOB_NICENESS = 10  # how much lower than the viewer's the job threads' priority is (Linux)
 CANCELLED = object()
 JOB_MODULES = ("torch", "torch._dynamo", "scipy.ndimage", "SimpleITK", "monai.losses", "warpseg.engine", "warpseg.metrics",
                "warpseg.learning.losses", "warpseg.options", "napari.qt.threading")
@@ -50,6 +57,7 @@ def drive(make_job: Callable[[], Generator[Progress, None, Any]], finish: Callab
     """Run ``make_job()`` to its end, passing on its progress (throttled) and returning
     ``finish(value)``; returns ``CANCELLED`` once ``cancel`` is set. Once ``finish_early`` is set,
     every step sends FINISH into the job (ignored by methods that cannot stop early)."""
+    yield_cpu_to_viewer()
     job = make_job()
     last_sent, started = 0.0, False
     try:
@@ -72,6 +80,18 @@ def drive(make_job: Callable[[], Generator[Progress, None, Any]], finish: Callab
     if cancel.is_set():
         return CANCELLED
     return finish(value) if finish is not None else value
+
+
+def yield_cpu_to_viewer() -> None:
+    """Lower the calling thread's priority by JOB_NICENESS, so the viewer's thread gets the cores
+    first; threads started from it later inherit the priority. Linux only (elsewhere, and where the
+    system refuses, the priority stays as it was)."""
+    if sys.platform.startswith("linux"):
+        thread = threading.get_native_id()
+        try:
+            os.setpriority(os.PRIO_PROCESS, thread, os.getpriority(os.PRIO_PROCESS, thread) + JOB_NICENESS)
+        except OSError:
+            pass
 
 
 @dataclass

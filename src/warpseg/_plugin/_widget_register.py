@@ -105,7 +105,15 @@ class RegistrationWidget(JobWidget):
             return result, result_layers(result) + slice_overlays(result, *slice_at)
 
         self.result = None  # the slice overlays follow the new result once it is fully shown
+        if METHODS[method].streams_preview:
+            self.show_empty_preview(fixed, method)
         return make_job, finish
+
+    def show_empty_preview(self, fixed, method: str) -> None:
+        """The live layer, empty until the first preview fills it in place. It is made here, when Run is
+        pressed, because creating a napari layer holds the event loop for a few hundred ms here: made
+        by the first preview it froze the viewer in the middle of the job."""
+        self.show_layer(preview_layer(np.zeros((2,) * fixed.ndim, np.float32), fixed, layer_name(method, "live")))
 
     def can_finish_early(self) -> bool:
         method = METHODS[self.method.value]

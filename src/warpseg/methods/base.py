@@ -96,6 +96,7 @@ class RegistrationMethod(Method):
 
     iterative: ClassVar[bool] = False
     can_finish_early: ClassVar[bool] = False
+    streams_preview: ClassVar[bool] = False  # yields Progress records with a preview (a live layer in the viewer)
 
     @classmethod
     def has_shipped_weights(cls, ndim: int) -> bool:

@@ -446,6 +446,7 @@ class NeuralFieldRegistration(RegistrationMethod):
                                   "optimised for this pair; diffeomorphic by default.")
     iterative: ClassVar[bool] = True
     can_finish_early: ClassVar[bool] = True
+    streams_preview: ClassVar[bool] = True
     needs_weights: ClassVar[bool] = False
     defaults: ClassVar[dict[str, Any]] = NIR_DEFAULTS
 

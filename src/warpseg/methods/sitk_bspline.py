@@ -130,6 +130,7 @@ class SitkBspline(SitkAffine):
     name: ClassVar[str] = "sitk-bspline"
     description: ClassVar[str] = "Affine then B-spline free-form deformation with SimpleITK."
     defaults: ClassVar[dict[str, Any]] = BSPLINE_DEFAULTS
+    streams_preview: ClassVar[bool] = True
 
     def register(self, fixed: Pyramid, moving: Pyramid, settings: dict[str, Any]
                  ) -> Generator[Progress, None, tuple[sitk.Transform, dict[str, Any]]]:
