@@ -239,7 +239,8 @@ class JobWidget(Container):
         name = attributes["name"]
         if name in self.viewer.layers and self.viewer.layers[name]._type_string == layer_type:
             layer = self.viewer.layers[name]
-            layer.affine = attributes["affine"]
+            if not np.allclose(layer.affine.affine_matrix, attributes["affine"]):  # each change re-slices the layer
+                layer.affine = attributes["affine"]
             layer.data = data
             if "contrast_limits" in attributes:
                 layer.contrast_limits = attributes["contrast_limits"]
