@@ -93,6 +93,30 @@ def test_seg35_is_one_shot_on_vxm_and_validates_on_subjy_merged_to_seg4(shared_d
         FewShotData(shared_data, 2, "seg4", shots=4, label_maps=1)
 
 
+def test_one_shot_self_pairs_give_the_fixed_side_the_atlas_labels(shared_data):
+    from warpseg.learning.few_shot import FewShotData
+
+    def fixed_sides(data):
+        generator = torch.Generator().manual_seed(0)
+        return [data.sample(generator) for _ in range(12)]
+
+    plain = fixed_sides(FewShotData(shared_data, 2, "seg35", shots=1, label_maps=1))
+    assert all(pair["subjects"][1] != "vxm" and "fixed_labels" not in pair for pair in plain)
+    mixed = fixed_sides(FewShotData(shared_data, 2, "seg35", shots=1, label_maps=1, self_pair_share=0.5))
+    selves = [pair for pair in mixed if pair["subjects"] == ("vxm", "vxm")]
+    assert 0 < len(selves) < len(mixed)
+    for pair in selves:  # labelled, in the seg35 set, and not a copy of the moving side
+        assert pair["fixed_labels"].max() > 4 and not torch.equal(pair["fixed"], pair["moving"])
+    assert all("fixed_labels" not in pair for pair in mixed if pair["subjects"][1] != "vxm")
+
+
+def test_self_pairs_are_refused_where_nothing_would_use_them(tmp_path, shared_data, capsys):
+    assert main(["train", "brbs", "--ndim", "2", "--data", str(shared_data), "--labels", "seg35", "--self-pairs", "0.3",
+                 "--steps", "1", "--out", str(tmp_path / "w.pt")]) != 0
+    assert "--self-pairs applies to nice-transeg and pcreg-rt" in capsys.readouterr().err
+    assert not (tmp_path / "w.pt").exists()
+
+
 @pytest.mark.parametrize("method,steps", [("seg-unet", 10), ("nice-transeg", 4)])
 def test_train_then_segment_writes_the_checkpoint_label_ids_and_names(tmp_path, shared_data, method, steps):
     weights = tmp_path / f"{method}.pt"

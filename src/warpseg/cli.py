@@ -182,6 +182,9 @@ def _run_methods(args) -> int:
     return 0
 
 
+SELF_PAIRING_METHODS = ("nice-transeg", "pcreg-rt")
+
+
 def _add_train(commands) -> None:
     command = commands.add_parser("train", help="train a learned method on the shared data; writes a checkpoint")
     command.add_argument("method", help="registration: nice-trans, vxm, vxm-diff or lindef; few-shot segmentation: "
@@ -210,6 +213,9 @@ def _add_train(commands) -> None:
                          help="nice-transeg: weight of Dice(S_F, S_M o phi) coupling the fixed segmentation to the warped "
                               "moving one; pcreg-rt: of the registration-made pseudo-labels teaching the segmentation; "
                               "brbs: of the mix-misalignment regulariser")
+    command.add_argument("--self-pairs", type=float, default=0.0,
+                         help="nice-transeg and pcreg-rt with one atlas (K = 1): share of steps pairing the atlas with an "
+                              "augmented copy of itself, so the fixed side has labels too (default 0)")
     command.add_argument("--label-maps", type=int, default=15, help="SynthSeg label maps used for synthetic images")
     command.add_argument("--spacing", type=float, default=None,
                          help="3D training grid spacing in mm (default 2; coarser trains faster, recorded in the checkpoint)")
@@ -242,6 +248,9 @@ def _run_train(args) -> int:
         raise WarpsegError(f"{args.method} trains while it builds its atlas: use `warpseg atlas build --ndim {args.ndim} "
                            f"--out DIR`")
     segmenting = args.method in SEGMENTATION_NETWORKS
+    if args.self_pairs and args.method not in SELF_PAIRING_METHODS:
+        raise WarpsegError(f"--self-pairs applies to {' and '.join(SELF_PAIRING_METHODS)} (their fixed side can use "
+                           f"labels), not to {args.method}; leave it out")
     if args.validation_subjects:
         validation = tuple(args.validation_subjects.split(","))
     else:
@@ -255,7 +264,7 @@ def _run_train(args) -> int:
         label_maps=args.label_maps, spacing=args.spacing, device=resolve_device(args.device),
         model_options=parse_options(args.model_option), labels=args.labels, shots=shots,
         segmentation_weight=args.segmentation_weight, consistency_weight=args.consistency_weight,
-        init_from=str(args.init_from) if args.init_from else None)
+        self_pairs=args.self_pairs, init_from=str(args.init_from) if args.init_from else None)
     printer = ProgressPrinter(f"train {args.method}", 5.0) if is_main_process() else None
     path = run_to_end(train_registration(config, args.out, resume=args.resume, distributed=args.distributed), printer)
     if is_main_process():

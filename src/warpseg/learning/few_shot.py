@@ -11,7 +11,11 @@ Which subjects count as labelled (the K "shots"), in this fixed order, validatio
   ``labels/seg35_to_seg4.tsv`` and scored against its real seg4 labels.
 
 Unlabelled (fixed) images: every training subject's image (real images, and SynthSeg-synthesised
-images half of the time); their labels are never used for a loss. In 2D every subject is its stack
+images half of the time); their labels are never used for a loss. With one atlas (K = 1), a share of
+the steps (``self_pair_share``, 0 by default) pairs the atlas with itself instead: another slice,
+differently augmented, with its labels. Otherwise nothing labels the fixed side when K = 1, and
+NICE-Transeg's registration drifts below the identity (its fixed branch learns only through the
+field). In 2D every subject is its stack
 of 41 axial slices (a labelled atlas is one subject's labelled stack), in 3D its volume.
 """
 from __future__ import annotations
@@ -50,12 +54,14 @@ class FewShotData:
     shots : K, the number of labelled atlases (subjects; see the module docstring).
     validation_subjects : held-out real subjects (None: :func:`default_validation_subjects`).
     label_maps : SynthSeg label maps loaded (atlases for seg4, synthesised unlabelled images).
+    self_pair_share : with one atlas, the share of pairs whose fixed image is the atlas itself.
     """
 
     def __init__(self, data_dir: str | Path, ndim: int, label_set: str = "seg4", shots: int = 5,
                  validation_subjects=None, label_maps: int = 15, synthetic_share: float = 0.5,
-                 spacing: float | None = None) -> None:
+                 spacing: float | None = None, self_pair_share: float = 0.0) -> None:
         self.data_dir, self.ndim, self.label_set, self.shots = Path(data_dir), ndim, label_set, int(shots)
+        self.self_pair_share = float(self_pair_share)
         self.label_names = label_set_names(self.data_dir, label_set)
         self.num_labels = max(self.label_names) + 1
         self.seg4_lookup = torch.from_numpy(to_seg4_lookup(self.data_dir, label_set))
@@ -114,7 +120,7 @@ class FewShotData:
         moving, fixed ``(1, 1, *S)`` float; moving_labels, fixed_labels ``(1, 1, *S)`` integer in the label set.
         """
         atlas = self.atlases[int(torch.randint(len(self.atlases), (1,), generator=generator))]
-        fixed_subject = self._pick_unlabelled(atlas.name, generator)
+        fixed_subject = self._pick_fixed(atlas, generator)
         index = int(torch.randint(len(atlas), (1,), generator=generator))
         pair = {"subjects": (atlas.name, fixed_subject.name)}
         moving_image = self._image(atlas, index, generator)
@@ -128,6 +134,13 @@ class FewShotData:
         if fixed_labels is not None:
             pair["fixed_labels"] = fixed_labels
         return pair
+
+    def _pick_fixed(self, atlas: Subject, generator: torch.Generator) -> Subject:
+        """The sole atlas itself (``self_pair_share`` of the time, K = 1 only) or an unlabelled subject."""
+        if self.self_pair_share > 0 and len(self.atlases) == 1:  # no extra draw otherwise: seeded runs stay as they were
+            if torch.rand(1, generator=generator).item() < self.self_pair_share:
+                return atlas
+        return self._pick_unlabelled(atlas.name, generator)
 
     def _pick_unlabelled(self, atlas_name: str, generator: torch.Generator) -> Subject:
         synthetic = torch.rand(1, generator=generator).item() < self.synthetic_share

@@ -145,7 +145,8 @@ def segmentation_task(config: TrainingConfig) -> TrainingTask:
     return TrainingTask(
         loss_function=loss,
         load_data=lambda: FewShotData(config.data, config.ndim, config.labels, config.shots,
-                                      config.validation_subjects, config.label_maps, spacing=config.spacing),
+                                      config.validation_subjects, config.label_maps, spacing=config.spacing,
+                                      self_pair_share=config.self_pairs),
         loss_terms=nice_transeg_loss_terms if pair_network else unet_loss_terms,
         validate=lambda model, data, device: validate_segmentation(model, data, device, pair_network),
         describe=describe, data_record=data_record,
@@ -157,7 +158,8 @@ def data_record(data: FewShotData) -> dict:
     """Which subjects trained and validated the network, and which of them were labelled."""
     return {"training_subjects": data.sources, "validation_subjects": [s.name for s in data.validation],
             "label_set": data.label_set, "shots": data.shots,
-            "labelled_subjects": [s.name for s in data.atlases], "unlabelled_subjects": data.unlabelled_names}
+            "labelled_subjects": [s.name for s in data.atlases], "unlabelled_subjects": data.unlabelled_names,
+            "self_pair_share": data.self_pair_share}
 
 
 def segmentation_record(data: FewShotData, with_atlas: bool) -> dict:

@@ -48,6 +48,7 @@ class TrainingConfig:
     shots: int = 5  # K labelled atlases of few-shot segmentation training
     segmentation_weight: float = 1.0  # weighted cross-entropy + Dice on the labelled atlas
     consistency_weight: float = 1.0  # Dice(S_F, S_M o phi)
+    self_pairs: float = 0.0  # K = 1: share of steps pairing the atlas with an augmented copy of itself
     init_from: str | None = None  # checkpoint to warm-start from (learning/warm_start.py)
 
 
