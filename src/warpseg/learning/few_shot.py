@@ -11,12 +11,13 @@ Which subjects count as labelled (the K "shots"), in this fixed order, validatio
   ``labels/seg35_to_seg4.tsv`` and scored against its real seg4 labels.
 
 Unlabelled (fixed) images: every training subject's image (real images, and SynthSeg-synthesised
-images half of the time); their labels are never used for a loss. With one atlas (K = 1), a share of
-the steps (``self_pair_share``, 0 by default) pairs the atlas with itself instead: another slice,
-differently augmented, with its labels. Otherwise nothing labels the fixed side when K = 1, and
-NICE-Transeg's registration drifts below the identity (its fixed branch learns only through the
-field). In 2D every subject is its stack
+images half of the time); their labels are never used for a loss. In 2D every subject is its stack
 of 41 axial slices (a labelled atlas is one subject's labelled stack), in 3D its volume.
+
+Self-pairs: with one atlas (K = 1), a share of the steps (``self_pair_share``, 0 by default) pairs
+the atlas with itself instead: another slice, differently augmented, with its labels. Otherwise
+nothing labels the fixed side when K = 1, and NICE-Transeg's registration drifts below the identity
+(its fixed branch learns only through the field).
 """
 from __future__ import annotations
 
