@@ -4,9 +4,10 @@ The viewer's thread only receives progress records (at most ``PROGRESS_INTERVAL`
 every record that carries a preview) and, at the end, the finished value. Heavy post-processing
 (``finish``) also runs in the worker thread, so the event loop never waits on the job.
 
-The worker thread lowers its own scheduling priority first (and the threads a method starts
-inherit it): on a machine with few cores a job that keeps every core busy otherwise stretches
-each repaint of the viewer several times over.
+The worker thread runs the job below the viewer's scheduling priority (the threads a method starts
+inherit it) and takes its own priority back afterwards (napari's thread pool reuses it): on a
+machine with few cores a job that keeps every core busy otherwise stretches each repaint of the
+viewer several times over.
 
 Cancel sets an event; the worker checks it after every progress record of the job, closes the
 job (which stops the method's own threads or processes) and reports ``cancelled`` instead of a
@@ -20,7 +21,8 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,7 +59,11 @@ def drive(make_job: Callable[[], Generator[Progress, None, Any]], finish: Callab
     """Run ``make_job()`` to its end, passing on its progress (throttled) and returning
     ``finish(value)``; returns ``CANCELLED`` once ``cancel`` is set. Once ``finish_early`` is set,
     every step sends FINISH into the job (ignored by methods that cannot stop early)."""
-    yield_cpu_to_viewer()
+    with priority_below_viewer():
+        return (yield from _drive_job(make_job, finish, cancel, finish_early, interval))
+
+
+def _drive_job(make_job, finish, cancel, finish_early, interval) -> Generator[Progress, None, Any]:
     job = make_job()
     last_sent, started = 0.0, False
     try:
@@ -82,16 +88,29 @@ def drive(make_job: Callable[[], Generator[Progress, None, Any]], finish: Callab
     return finish(value) if finish is not None else value
 
 
-def yield_cpu_to_viewer() -> None:
-    """Lower the calling thread's priority by JOB_NICENESS, so the viewer's thread gets the cores
-    first; threads started from it later inherit the priority. Linux only (elsewhere, and where the
-    system refuses, the priority stays as it was)."""
-    if sys.platform.startswith("linux"):
-        thread = threading.get_native_id()
-        try:
-            os.setpriority(os.PRIO_PROCESS, thread, os.getpriority(os.PRIO_PROCESS, thread) + JOB_NICENESS)
-        except OSError:
-            pass
+@contextmanager
+def priority_below_viewer() -> Iterator[None]:
+    """Run the block in the calling thread at JOB_NICENESS below the viewer's (main thread's)
+    priority, so the viewer gets the cores first; threads started inside inherit it. The thread's
+    own priority comes back at the end where the system allows raising it again (root, or a
+    permissive RLIMIT_NICE). Linux only: elsewhere nothing changes."""
+    if not sys.platform.startswith("linux"):
+        yield
+        return
+    thread = threading.get_native_id()
+    before = os.getpriority(os.PRIO_PROCESS, thread)
+    _set_priority(thread, min(19, os.getpriority(os.PRIO_PROCESS, os.getpid()) + JOB_NICENESS))
+    try:
+        yield
+    finally:
+        _set_priority(thread, before)
+
+
+def _set_priority(thread: int, niceness: int) -> None:
+    try:
+        os.setpriority(os.PRIO_PROCESS, thread, niceness)
+    except OSError:  # refused: the thread keeps its priority
+        pass
 
 
 @dataclass
