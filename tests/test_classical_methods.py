@@ -209,13 +209,13 @@ def test_ants_errors_reach_the_caller():
 @pytest.mark.parametrize("ndim", [2, 3])
 def test_bspline_streams_a_preview_of_the_warp_after_each_level(ndim):
     """The last preview is the final warp, sampled on a coarse grid over the fixed image's extent."""
-    from warpseg.methods.sitk_runner import PREVIEW_SIZE
+    from warpseg.methods.base import preview_shape
 
     pair = shifted_pair(ndim, (0.8, 1.5, 1.0)[:ndim])
     records, output = drive(get_method("sitk-bspline")(**FAST["sitk-bspline"]).run(pair))
     previews = [record.preview for record in records if record.preview is not None]
     assert len(previews) == len(FAST["sitk-bspline"]["shrink_factors"])
-    assert all(p.ndim == ndim and max(p.shape) <= PREVIEW_SIZE for p in previews)
+    assert all(p.shape == preview_shape(pair.fixed.shape) for p in previews)  # the viewer's live layer grid
     warped = warp_image(torch.as_tensor(pair.moving)[None, None], torch.as_tensor(output.displacement)[None])
     coarse = torch.nn.functional.interpolate(warped, size=previews[-1].shape, mode="area")[0, 0].numpy()
     moving = torch.nn.functional.interpolate(torch.as_tensor(pair.moving)[None, None], size=previews[-1].shape,

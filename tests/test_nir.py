@@ -13,6 +13,7 @@ from conftest import blob_pair, drive, rotation_affine
 from warpseg.engine import register, run_to_end
 from warpseg.errors import InputError
 from warpseg.methods import MethodOutput, Progress, RegistrationInput, get_method
+from warpseg.methods.base import preview_shape
 from warpseg.methods.nir import local_ncc
 from warpseg.metrics import normalized_cross_correlation
 from warpseg.spatial import folding_percent, jacobian_determinant, warp_image
@@ -85,7 +86,18 @@ def test_progress_records_carry_small_previews():
         assert isinstance(record, Progress) and record.total == 20 and "fold" in record.message
         assert np.isfinite(record.loss)
         assert isinstance(record.preview, np.ndarray) and record.preview.dtype == np.float32
-        assert record.preview.ndim == 2 and max(record.preview.shape) <= 64 and min(record.preview.shape) > 16
+        assert record.preview.shape == preview_shape((100, 80))  # the grid the viewer's live layer has
+
+
+def test_the_preview_samples_the_cell_centres_of_the_preview_grid():
+    """Before the field moves, a ramp's preview holds each preview cell's centre (in voxels)."""
+    ramp = np.broadcast_to(np.arange(100, dtype=np.float32)[:, None], (100, 80)).copy()
+    pair = RegistrationInput(ramp, textured_image((100, 80), seed=4), (1.0, 1.0))
+    records, _ = drive(get_method("nir")(threads=1, iterations=1, preview_every=1, learning_rate=1e-12).run(pair))
+    rows = preview_shape((100, 80))[0]
+    centres = (np.arange(rows) + 0.5) * 100 / rows - 0.5
+    inner = slice(3, rows - 3)  # away from the border, where smoothing pads
+    assert np.abs(records[0].preview[inner, 26] - centres[inner]).max() < 0.05
 
 
 def test_closing_stops_promptly_and_keeps_the_best_field():

@@ -159,17 +159,37 @@ def test_the_event_loop_keeps_turning_while_a_3d_registration_runs(make_napari_v
 
 
 def test_nir_streams_a_live_preview_that_the_result_replaces(make_napari_viewer, qtbot, sample_cache, errors):
+    from warpseg.methods.base import preview_shape
+
     viewer = make_napari_viewer()
     widget = open_widget(viewer)
     widget.method.value, widget.method_options.value = "nir", "iterations=40 preview_every=5"
     seen = []
     viewer.layers.events.inserted.connect(lambda event: seen.append(event.value.name))
     widget.start()
-    assert "nir: live" in viewer.layers  # made (empty) on Run: creating a layer mid-job froze the viewer
+    # made (empty) on Run, on the preview grid: creating a layer mid-job froze the viewer
+    live = viewer.layers["nir: live"]
+    assert sorted(live.data.shape) == sorted(preview_shape(viewer.layers["fixed"].data.shape))
+    assert not live.data.any()
+    qtbot.waitUntil(lambda: live.data.any(), timeout=60_000)  # a preview filled it in place
+    assert viewer.layers["nir: live"] is live
     wait_until_idle(qtbot, widget)
     assert not errors
-    assert "nir: live" in seen and "nir: live" not in viewer.layers  # shown while running, gone at the end
+    assert seen.count("nir: live") == 1 and "nir: live" not in viewer.layers  # one layer while running, gone after
     assert seen.index("nir: live") < seen.index("nir: warped")
+
+
+def test_a_learned_method_refining_streams_into_a_live_layer_made_on_run(make_napari_viewer, qtbot, sample_cache,
+                                                                        errors):
+    viewer = make_napari_viewer()
+    widget = open_widget(viewer)
+    widget.method.value, widget.method_options.value = "vxm", "refine=20 refine_preview_every=5 refine_threads=1"
+    widget.start()
+    live = viewer.layers["vxm: live"]  # refinement is NIR: it streams previews like NIR
+    qtbot.waitUntil(lambda: live.data.any(), timeout=60_000)
+    wait_until_idle(qtbot, widget)
+    assert not errors
+    assert "vxm: live" not in viewer.layers and "vxm: warped" in viewer.layers
 
 
 def test_finish_now_keeps_nirs_best_field_so_far_as_a_partial_result(make_napari_viewer, qtbot, sample_cache,

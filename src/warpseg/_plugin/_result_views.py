@@ -10,7 +10,7 @@ affine; a grid line is drawn as short segments between its points pushed through
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -130,13 +130,14 @@ def checkerboard(first: np.ndarray, second: np.ndarray, blocks: int = CHECKER_BL
     return np.where(parity == 0, first, second).astype(np.float32)
 
 
-def preview_layer(preview: np.ndarray, fixed: Volume, name: str) -> tuple:
-    """A low-resolution live preview (``S'`` in fixed voxel order) stretched over the fixed grid."""
+def preview_layer(preview: np.ndarray, fixed: Volume, name: str, **layer_kwargs: Any) -> tuple:
+    """A low-resolution live preview (``S'`` in fixed voxel order, cells spanning the fixed image's
+    extent) stretched over the fixed grid; ``layer_kwargs`` (e.g. ``contrast_limits``) override."""
     scale = np.diag([*(s / p for s, p in zip(fixed.shape, preview.shape)), 1.0])
     offset = np.eye(fixed.ndim + 1)
     offset[:-1, -1] = [(s / p - 1) / 2 for s, p in zip(fixed.shape, preview.shape)]
     coarse = Volume(preview.astype(np.float32), fixed.affine @ _embed_matrix(offset @ scale, fixed.ndim))
-    return volume_to_layer_data(coarse, name, colormap="magenta", blending="additive")
+    return volume_to_layer_data(coarse, name, **{"colormap": "magenta", "blending": "additive", **layer_kwargs})
 
 
 def _embed_matrix(matrix: np.ndarray, ndim: int) -> np.ndarray:

@@ -17,6 +17,7 @@ from warpseg._plugin._result_views import layer_name, preview_layer, result_laye
 from warpseg._plugin._widget_base import JobWidget
 from warpseg.errors import InputError, WarpsegError
 from warpseg.methods import METHODS
+from warpseg.methods.base import preview_shape
 
 if TYPE_CHECKING:
     import napari
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 
 DEFAULT_METHOD = "sitk-demons"
 FLICKER_MS = 600
+PREVIEW_DELAY_MS = 40  # a preview fills the live layer this long after its progress record is drawn
 
 
 class RegistrationWidget(JobWidget):
@@ -105,25 +107,45 @@ class RegistrationWidget(JobWidget):
             return result, result_layers(result) + slice_overlays(result, *slice_at)
 
         self.result = None  # the slice overlays follow the new result once it is fully shown
-        if METHODS[method].streams_preview:
-            self.show_empty_preview(fixed, method)
+        if METHODS[method].streams_preview or request["options"].get("refine"):
+            self.show_empty_preview(fixed, method, self.moving.value.contrast_limits)
         return make_job, finish
 
-    def show_empty_preview(self, fixed, method: str) -> None:
-        """The live layer, empty until the first preview fills it in place. It is made here, when Run is
+    def show_empty_preview(self, fixed, method: str, contrast_limits) -> None:
+        """The live layer, empty until the previews fill it in place. It is made here, when Run is
         pressed, because creating a napari layer holds the event loop for a few hundred ms here: made
-        by the first preview it froze the viewer in the middle of the job."""
-        self.show_layer(preview_layer(np.zeros((2,) * fixed.ndim, np.float32), fixed, layer_name(method, "live")))
+        by the first preview it froze the viewer in the middle of the job. It has the preview grid
+        every streaming method samples on, and the moving image's contrast, so a preview only
+        replaces its values."""
+        empty = np.zeros(preview_shape(fixed.shape), np.float32)
+        self.show_layer(preview_layer(empty, fixed, layer_name(method, "live"), contrast_limits=contrast_limits))
 
     def can_finish_early(self) -> bool:
         method = METHODS[self.method.value]
         return method.can_finish_early or "refine=" in self.method_options.value
 
     def on_progress(self, progress) -> None:
+        from qtpy.QtCore import QTimer
+
         super().on_progress(progress)
-        fixed = self._running_fixed
-        if progress.preview is not None and progress.preview.ndim == fixed.ndim:
-            self.show_layer(preview_layer(progress.preview, fixed, layer_name(self._running_method, "live")))
+        if progress.preview is not None and progress.preview.ndim == self._running_fixed.ndim:
+            # in a turn of the event loop of its own: the progress bar and log line repaint first
+            QTimer.singleShot(PREVIEW_DELAY_MS, lambda: self.fill_live_layer(progress.preview))
+
+    def fill_live_layer(self, preview: np.ndarray) -> None:
+        """Show ``preview`` in the live layer: its values in place when the grid is the layer's (no
+        re-slicing of the viewer's dimensions, no new contrast). Nothing once the job has ended and
+        removed the layer."""
+        name = layer_name(self._running_method, "live")
+        if name not in self.viewer.layers:
+            return
+        layer = self.viewer.layers[name]
+        data, attributes, _ = preview_layer(preview, self._running_fixed, name)
+        if layer.data.shape != data.shape:  # a method of its own grid
+            layer.affine, layer.data = attributes["affine"], data
+            return
+        layer.data[...] = data
+        layer.refresh(extent=False, highlight=False)
 
     def job_done(self, result: RegistrationResult) -> None:
         self.remove_layer(layer_name(result.method, "live"))

@@ -1,12 +1,28 @@
 """The contract every registration method honours, learned, instance-optimised or classical."""
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
+
+
+PREVIEW_SIZE = 64
+"""Live previews have at most this many voxels per axis."""
+
+
+def preview_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The grid of a live preview of an image of ``shape``: one factor coarser on every axis, at most
+    ``PREVIEW_SIZE`` per axis, its cells spanning the image's extent (cell centres, not corners, align).
+
+    Every method that streams previews samples them on this grid, so the viewer can make the live
+    layer before the first preview arrives and then fill it in place.
+    """
+    factor = max(1.0, max(shape) / PREVIEW_SIZE)
+    return tuple(max(1, math.ceil(n / factor)) for n in shape)
 
 
 FINISH = "finish"

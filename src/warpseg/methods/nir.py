@@ -33,7 +33,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from warpseg.methods.base import FINISH, MethodOutput, Progress, RegistrationInput, RegistrationMethod
+from warpseg.methods.base import (FINISH, MethodOutput, Progress, RegistrationInput, RegistrationMethod,
+                                  preview_shape)
 from warpseg.methods.sitk_runner import resolve_options
 from warpseg.spatial import (compose_displacements, folding_percent, gaussian_blur, integrate_velocity,
                              jacobian_determinant, sample_at, warp_image)
@@ -68,7 +69,6 @@ DIMENSION_DEFAULTS = {  # chosen on the dev pairs (BENCHMARKS.md): 3D trades ite
     "downsize": {2: 2, 3: 4},
 }
 FOLD_MARGIN = 0.05           # det J below this is penalised
-PREVIEW_SIZE = 64            # previews have at most this many pixels per axis
 CHUNK_POINTS = 1 << 18       # points per MLP call when evaluating a whole grid
 
 
@@ -186,6 +186,22 @@ def coarse_sample(moving: torch.Tensor, fixed: torch.Tensor, factor: float,
     full_scale = voxels_per_unit(full_shape, fixed.device)
     origin = (points + 1.0) * full_scale
     return Sample(points, origin, scale, moving, sample_at(fixed, origin), full_scale / scale)
+
+
+def preview_sample(moving: torch.Tensor, fixed: torch.Tensor) -> Sample:
+    """The whole image on its preview grid (:func:`preview_shape`: cell centres of a coarser grid
+    spanning the image's extent), from ``moving`` and ``fixed`` at full resolution."""
+    full_shape = tuple(fixed.shape[2:])
+    steps = [n / m for n, m in zip(full_shape, preview_shape(full_shape))]  # voxels per preview voxel
+    centres = [(torch.arange(m, device=fixed.device) + 0.5) * step - 0.5
+               for m, step in zip(preview_shape(full_shape), steps)]
+    normalised = [c / ((n - 1) / 2.0) - 1.0 if n > 1 else torch.zeros_like(c) for c, n in zip(centres, full_shape)]
+    origin = torch.stack(torch.meshgrid(*centres, indexing="ij"))[None]
+    points = torch.stack(torch.meshgrid(*normalised, indexing="ij"))[None]
+    to_moving = torch.tensor(steps, device=fixed.device).view(1, len(steps), *([1] * len(steps)))
+    factor = max(steps)
+    return Sample(points, origin, voxels_per_unit(full_shape, fixed.device) / to_moving, smoothed(moving, factor),
+                  sample_at(smoothed(fixed, factor), origin), to_moving)
 
 
 def patch_sample(moving: torch.Tensor, fixed: torch.Tensor, size: int, count: int,
@@ -332,9 +348,7 @@ class FieldFit:
         self.moving_start = self.moving if self.start is None else warp_image(self.moving, self.start)
         factor = float(settings["downsize"])
         self.smooth_images = smoothed(self.moving_start, factor), smoothed(self.fixed, factor)
-        preview_factor = max(1.0, max(self.fixed.shape[2:]) / PREVIEW_SIZE)
-        self.preview_sample = coarse_sample(smoothed(self.moving_start, preview_factor),
-                                            smoothed(self.fixed, preview_factor), preview_factor)
+        self.preview_sample = preview_sample(self.moving_start, self.fixed)
 
     def sample(self, sampler: str) -> Sample:
         """The points of the next step."""
@@ -386,7 +400,7 @@ class FieldFit:
 
     @torch.no_grad()
     def preview(self) -> np.ndarray:
-        """The moving image warped by the current field, at most ``PREVIEW_SIZE`` pixels per axis."""
+        """The moving image warped by the current field, on the fixed image's preview grid."""
         sample = self.preview_sample
         displacement = field_on_lattice(self.network, sample.points, sample.scale, self.settings)
         return sample_at(sample.moving, sample.origin + displacement * sample.to_moving)[0, 0].float().cpu().numpy()

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import numpy as np
 import SimpleITK as sitk
 
-from warpseg.methods.base import Progress
+from warpseg.methods.base import Progress, preview_shape
 
 T = TypeVar("T")
 #: ``report()`` is called from the worker on each iteration event: ``(step, loss, message)``.
@@ -83,19 +83,15 @@ def field_to_displacement(field: sitk.Image) -> np.ndarray:
     return out
 
 
-PREVIEW_SIZE = 64  # live previews have at most this many voxels per axis
-
-
 def warped_preview(moving: sitk.Image, fixed: sitk.Image, transform: sitk.Transform) -> np.ndarray:
-    """``moving`` through ``transform`` on a coarse grid spanning ``fixed``'s extent (local frame).
+    """``moving`` through ``transform`` on ``fixed``'s preview grid (:func:`preview_shape`, local frame).
 
     Shapes
     ------
     returns ``S'`` float32 in our axis order, at most ``PREVIEW_SIZE`` per axis.
     """
     size, spacing = fixed.GetSize(), fixed.GetSpacing()
-    factor = max(1.0, max(size) / PREVIEW_SIZE)
-    coarse_size = [max(1, int(np.ceil(n / factor))) for n in size]
+    coarse_size = list(preview_shape(size))
     coarse_spacing = [h * n / m for h, n, m in zip(spacing, size, coarse_size)]
     reference = sitk.Image(coarse_size, sitk.sitkFloat32)
     reference.SetSpacing(coarse_spacing)
