@@ -182,9 +182,6 @@ def _run_methods(args) -> int:
     return 0
 
 
-SELF_PAIRING_METHODS = ("nice-transeg", "pcreg-rt")
-
-
 def _add_train(commands) -> None:
     command = commands.add_parser("train", help="train a learned method on the shared data; writes a checkpoint")
     command.add_argument("method", help="registration: nice-trans, vxm, vxm-diff or lindef; few-shot segmentation: "
@@ -237,12 +234,9 @@ def _run_train(args) -> int:
     from warpseg.bench.pairs import default_data_dir
     from warpseg.engine.register import resolve_device, run_to_end
     from warpseg.learning.distributed import is_main_process
-    from warpseg.learning.train import TrainingConfig, train_registration
-
     from warpseg.learning.few_shot import default_validation_subjects
-    from warpseg.learning.registry import SEGMENTATION_NETWORKS
-
-    from warpseg.learning.registry import ATLAS_NETWORKS
+    from warpseg.learning.registry import ATLAS_NETWORKS, SEGMENTATION_NETWORKS, SELF_PAIRING_METHODS
+    from warpseg.learning.train import TrainingConfig, train_registration
 
     if args.method in ATLAS_NETWORKS:
         raise WarpsegError(f"{args.method} trains while it builds its atlas: use `warpseg atlas build --ndim {args.ndim} "
