@@ -166,9 +166,11 @@ def test_nir_streams_a_live_preview_that_the_result_replaces(make_napari_viewer,
     widget.method.value, widget.method_options.value = "nir", "iterations=40 preview_every=5"
     seen = []
     viewer.layers.events.inserted.connect(lambda event: seen.append(event.value.name))
+    viewer.layers.selection.active = viewer.layers["fixed"]
     widget.start()
     # made (empty) on Run, on the preview grid: creating a layer mid-job froze the viewer
     live = viewer.layers["nir: live"]
+    assert viewer.layers.selection.active is viewer.layers["fixed"]  # it does not take the user's selection
     assert sorted(live.data.shape) == sorted(preview_shape(viewer.layers["fixed"].data.shape))
     assert not live.data.any()
     qtbot.waitUntil(lambda: live.data.any(), timeout=60_000)  # a preview filled it in place

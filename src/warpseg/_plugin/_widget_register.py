@@ -118,7 +118,12 @@ class RegistrationWidget(JobWidget):
         every streaming method samples on, and the moving image's contrast, so a preview only
         replaces its values."""
         empty = np.zeros(preview_shape(fixed.shape), np.float32)
+        selection = self.viewer.layers.selection
+        kept, active = set(selection), selection.active
         self.show_layer(preview_layer(empty, fixed, layer_name(method, "live"), contrast_limits=contrast_limits))
+        selection.clear()
+        selection.update(kept)
+        selection.active = active
 
     def can_finish_early(self) -> bool:
         method = METHODS[self.method.value]
