@@ -154,8 +154,7 @@ def brbs_task(config: TrainingConfig) -> TrainingTask:
     loss = few_shot_loss(BrbsLoss, config)
     return TrainingTask(
         loss_function=loss,
-        load_data=lambda: BrbsData(config.data, config.ndim, config.labels, config.shots,
-                                   config.validation_subjects, config.label_maps, spacing=config.spacing),
+        load_data=lambda: BrbsData.from_config(config),
         loss_terms=brbs_loss_terms, validate=validate_joint, describe=describe_joint, data_record=data_record,
         checkpoint_extra=lambda data: {"segmentation": segmentation_record(data, with_atlas=True),
                                        "generation": data.generation_record()},

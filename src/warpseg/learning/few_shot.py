@@ -58,6 +58,12 @@ class FewShotData:
     self_pair_share : with one atlas, the share of pairs whose fixed image is the atlas itself.
     """
 
+    @classmethod
+    def from_config(cls, config) -> FewShotData:
+        """The data a few-shot training run (a ``TrainingConfig``) asks for."""
+        return cls(config.data, config.ndim, config.labels, config.shots, config.validation_subjects,
+                   config.label_maps, spacing=config.spacing, self_pair_share=config.self_pairs)
+
     def __init__(self, data_dir: str | Path, ndim: int, label_set: str = "seg4", shots: int = 5,
                  validation_subjects=None, label_maps: int = 15, synthetic_share: float = 0.5,
                  spacing: float | None = None, self_pair_share: float = 0.0) -> None:

@@ -131,9 +131,7 @@ def pcreg_rt_task(config: TrainingConfig) -> TrainingTask:
     loss = few_shot_loss(PcRegRtLoss, config)
     return TrainingTask(
         loss_function=loss,
-        load_data=lambda: FewShotData(config.data, config.ndim, config.labels, config.shots,
-                                      config.validation_subjects, config.label_maps, spacing=config.spacing,
-                                      self_pair_share=config.self_pairs),
+        load_data=lambda: FewShotData.from_config(config),
         loss_terms=pcreg_rt_loss_terms, validate=validate_joint, describe=describe_joint, data_record=data_record,
         checkpoint_extra=lambda data: {"segmentation": segmentation_record(data, with_atlas=False)},
         model_options={"num_labels": max(names) + 1})

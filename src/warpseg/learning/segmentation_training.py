@@ -144,9 +144,7 @@ def segmentation_task(config: TrainingConfig) -> TrainingTask:
     loss = few_shot_loss(JointSegmentationLoss, config)
     return TrainingTask(
         loss_function=loss,
-        load_data=lambda: FewShotData(config.data, config.ndim, config.labels, config.shots,
-                                      config.validation_subjects, config.label_maps, spacing=config.spacing,
-                                      self_pair_share=config.self_pairs),
+        load_data=lambda: FewShotData.from_config(config),
         loss_terms=nice_transeg_loss_terms if pair_network else unet_loss_terms,
         validate=lambda model, data, device: validate_segmentation(model, data, device, pair_network),
         describe=describe, data_record=data_record,
