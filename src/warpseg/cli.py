@@ -211,8 +211,9 @@ def _add_train(commands) -> None:
                               "moving one; pcreg-rt: of the registration-made pseudo-labels teaching the segmentation; "
                               "brbs: of the mix-misalignment regulariser")
     command.add_argument("--self-pairs", type=float, default=0.0,
-                         help="nice-transeg and pcreg-rt with one atlas (K = 1): share of steps pairing the atlas with an "
-                              "augmented copy of itself, so the fixed side has labels too (default 0)")
+                         help="nice-transeg and pcreg-rt with one atlas (K = 1): share of steps pairing the atlas "
+                              "with an augmented copy of itself, a fixed side with known labels (nice-transeg) or "
+                              "with pseudo-labels that are nearly right (pcreg-rt) (default 0)")
     command.add_argument("--label-maps", type=int, default=15, help="SynthSeg label maps used for synthetic images")
     command.add_argument("--spacing", type=float, default=None,
                          help="3D training grid spacing in mm (default 2; coarser trains faster, recorded in the checkpoint)")
@@ -243,8 +244,8 @@ def _run_train(args) -> int:
                            f"--out DIR`")
     segmenting = args.method in SEGMENTATION_NETWORKS
     if args.self_pairs and args.method not in SELF_PAIRING_METHODS:
-        raise WarpsegError(f"--self-pairs applies to {' and '.join(SELF_PAIRING_METHODS)} (their fixed side can use "
-                           f"labels), not to {args.method}; leave it out")
+        raise WarpsegError(f"--self-pairs applies to {' and '.join(SELF_PAIRING_METHODS)} (the methods that learn "
+                           f"from the fixed side's labels or pseudo-labels), not to {args.method}; leave it out")
     if args.validation_subjects:
         validation = tuple(args.validation_subjects.split(","))
     else:

@@ -17,7 +17,8 @@ of 41 axial slices (a labelled atlas is one subject's labelled stack), in 3D its
 Self-pairs: with one atlas (K = 1), a share of the steps (``self_pair_share``, 0 by default) pairs
 the atlas with itself instead: another slice, differently augmented, with its labels. Otherwise
 nothing labels the fixed side when K = 1, and NICE-Transeg's registration drifts below the identity
-(its fixed branch learns only through the field).
+(its fixed branch learns only through the field). PC-Reg-RT does not read the fixed labels; for it
+these are the pairs whose registration-made pseudo-labels are nearly right (the same anatomy).
 """
 from __future__ import annotations
 

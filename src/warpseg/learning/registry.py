@@ -9,7 +9,8 @@ SEGMENTATION_NETWORKS = ("nice-transeg", "seg-unet", "pcreg-rt", "brbs")
 """Methods trained few-shot on labelled atlases (``--labels``, ``--shots``) instead of as registration."""
 
 SELF_PAIRING_METHODS = ("nice-transeg", "pcreg-rt")
-"""Few-shot methods whose fixed side can use labels, so with one atlas they train on self-pairs too."""
+"""Few-shot methods that learn from the fixed side's labels or pseudo-labels, so with one atlas self-pairs
+(``--self-pairs``) help them."""
 
 ATLAS_NETWORKS = ("atlas-istn",)
 """Methods trained while building their atlas (``warpseg atlas build``), not by ``warpseg train``."""
