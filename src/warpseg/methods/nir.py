@@ -192,9 +192,9 @@ def preview_sample(moving: torch.Tensor, fixed: torch.Tensor) -> Sample:
     """The whole image on its preview grid (:func:`preview_shape`: cell centres of a coarser grid
     spanning the image's extent), from ``moving`` and ``fixed`` at full resolution."""
     full_shape = tuple(fixed.shape[2:])
-    steps = [n / m for n, m in zip(full_shape, preview_shape(full_shape))]  # voxels per preview voxel
-    centres = [(torch.arange(m, device=fixed.device) + 0.5) * step - 0.5
-               for m, step in zip(preview_shape(full_shape), steps)]
+    shape = preview_shape(full_shape)
+    steps = [n / m for n, m in zip(full_shape, shape)]  # voxels per preview voxel
+    centres = [(torch.arange(m, device=fixed.device) + 0.5) * step - 0.5 for m, step in zip(shape, steps)]
     normalised = [c / ((n - 1) / 2.0) - 1.0 if n > 1 else torch.zeros_like(c) for c, n in zip(centres, full_shape)]
     origin = torch.stack(torch.meshgrid(*centres, indexing="ij"))[None]
     points = torch.stack(torch.meshgrid(*normalised, indexing="ij"))[None]
