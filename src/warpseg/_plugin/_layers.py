@@ -89,7 +89,8 @@ def volume_to_layer_data(volume: Volume, name: str | None = None,
         attributes["opacity"] = 0.5
         layer_type = "labels"
     else:
-        attributes["contrast_limits"] = robust_contrast_limits(volume.array)
+        if "contrast_limits" not in layer_kwargs:  # percentiles of the whole volume: not for nothing
+            attributes["contrast_limits"] = robust_contrast_limits(volume.array)
         attributes["colormap"] = "gray"
         layer_type = "image"
     attributes["metadata"] = metadata

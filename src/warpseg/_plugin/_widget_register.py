@@ -145,7 +145,7 @@ class RegistrationWidget(JobWidget):
         if name not in self.viewer.layers:
             return
         layer = self.viewer.layers[name]
-        data, attributes, _ = preview_layer(preview, self._running_fixed, name)
+        data, attributes, _ = preview_layer(preview, self._running_fixed, name, contrast_limits=layer.contrast_limits)
         if layer.data.shape != data.shape:  # a method of its own grid
             layer.affine, layer.data = attributes["affine"], data
             return

@@ -88,7 +88,7 @@ def warped_preview(moving: sitk.Image, fixed: sitk.Image, transform: sitk.Transf
 
     Shapes
     ------
-    returns ``S'`` float32 in our axis order, at most ``PREVIEW_SIZE`` per axis.
+    returns ``S'`` float32 in our axis order, ``S' = preview_shape(S)``.
     """
     size, spacing = fixed.GetSize(), fixed.GetSpacing()
     coarse_size = list(preview_shape(size))
