@@ -15,6 +15,7 @@ from warpseg.errors import InputError
 from warpseg.io import read_volume
 from warpseg.learning.atlas_build import AtlasConfig, atlas_sharpness, build_atlas, update_atlas, warped_training_mean
 from warpseg.learning.atlas_data import AtlasTrainingData, aseg_to_seg35
+from warpseg.learning.atlas_istn_loss import AtlasIstnLoss
 from warpseg.learning.atlas_refine import refine_transformer
 from warpseg.learning.checkpoint import load_checkpoint, save_checkpoint
 from warpseg.learning.data import Subject
@@ -112,6 +113,24 @@ def test_atlas_update_rule_on_a_toy_set():
     assert torch.equal(update_atlas(torch.tensor([2.0]), torch.tensor([6.0]), 0.25), torch.tensor([3.0]))
     sharp, blurred = atlas_sharpness(image, one_hot(training[0].labels, 3)), atlas_sharpness(image, labels)
     assert sharp["label_entropy"] == 0.0 and blurred["label_entropy"] > 0.05
+
+
+def test_the_dice_term_gives_a_small_structure_a_gradient_the_squared_error_does_not():
+    """The squared error averaged over voxels pulls a 2x2 structure's channel in proportion to its area; Dice does not."""
+    labels = torch.zeros((1, 1, 32, 32), dtype=torch.long)
+    labels[..., 8:10, 8:10] = 7
+    target = one_hot(labels, 36)
+    atlas = target.mean(dim=(2, 3), keepdim=True).expand_as(target).contiguous()
+    pulls = {}
+    for weight in (0.0, 1.0):
+        logits = torch.zeros((1, 36, 32, 32), requires_grad=True)
+        outputs = {"probabilities": logits.softmax(dim=1), "warped_atlas": atlas,
+                   "atlas_to_image": torch.zeros((1, 2, 32, 32)), "velocity": torch.zeros((1, 2, 32, 32))}
+        terms = AtlasIstnLoss(dice_weight=weight)(outputs, target, atlas)
+        terms["total"].backward()
+        pulls[weight] = float(-logits.grad[0, 7, 8:10, 8:10].sum())
+        assert ("segmentation_dice" in terms) == (weight > 0)
+    assert pulls[0.0] > 0 and pulls[1.0] > 10 * pulls[0.0]
 
 
 def test_refinement_lowers_its_loss_and_aligns_the_atlas():
