@@ -56,7 +56,7 @@ class RegistrationWidget(JobWidget):
         self.reserve_lines(self.log, 2)
         self.reserve_lines(self.metrics, 4, wrap=False)
         self.result: RegistrationResult | None = None
-        self._running_method, self._running_fixed = DEFAULT_METHOD, None
+        self._running_method, self._running_fixed, self._refines = DEFAULT_METHOD, None, False
         self._flicker_timer = None
         self.method.changed.connect(self._describe_method)
         self.flicker.changed.connect(self._toggle_flicker)
@@ -93,6 +93,7 @@ class RegistrationWidget(JobWidget):
         fixed, method = request["fixed"], request["method"]
         slice_at = self.slice_position(fixed)
         self._running_method, self._running_fixed = method, fixed
+        self._refines = bool(request["options"].get("refine"))  # test-time optimisation: it streams and can stop early
 
         def make_job():  # here, or on a Dask cluster (same contract, progress streams back)
             arguments = {"moving_labels": request["moving_labels"], "fixed_labels": request["fixed_labels"],
@@ -107,7 +108,7 @@ class RegistrationWidget(JobWidget):
             return result, result_layers(result) + slice_overlays(result, *slice_at)
 
         self.result = None  # the slice overlays follow the new result once it is fully shown
-        if METHODS[method].streams_preview or request["options"].get("refine"):
+        if METHODS[method].streams_preview or self._refines:
             self.show_empty_preview(fixed, method, self.moving.value.contrast_limits)
         return make_job, finish
 
@@ -126,8 +127,7 @@ class RegistrationWidget(JobWidget):
         selection.active = active
 
     def can_finish_early(self) -> bool:
-        method = METHODS[self.method.value]
-        return method.can_finish_early or "refine=" in self.method_options.value
+        return METHODS[self._running_method].can_finish_early or self._refines
 
     def on_progress(self, progress) -> None:
         from qtpy.QtCore import QTimer
