@@ -138,5 +138,9 @@ def test_atlas_evolution_section_and_figure_from_a_build_folder(tmp_path):
     assert "| 10 | 0.0200 | 0.3000 | 0.600 | 0.600 |" in text and "](docs/atlas_evolution.png)" in text
     assert [line.split(" |")[0] for line in text.splitlines() if line.startswith("| ") and "|---" not in line][1:] == [
         "| 0", "| 1", "| 5", "| 10"]
+    second = report_atlas_evolution(build, output, section="atlas-evolution-seg35")
+    text = output.read_text()
+    assert second == tmp_path / "docs" / "atlas_evolution_seg35.png" and "](docs/atlas_evolution_seg35.png)" in text
+    assert text.count("## Atlas evolution") == 2 and "](docs/atlas_evolution.png)" in text  # the first stays
     with pytest.raises(InputError, match="atlas_history.json"):
         report_atlas_evolution(tmp_path, output)

@@ -280,7 +280,8 @@ def _add_bench(commands) -> None:
                          help="measure the napari viewer's responsiveness while registering instead (needs a display)")
     command.add_argument("--section", default=None,
                          help="write the tables into BENCHMARKS.md section SECTION-<n>d instead of register-<n>d "
-                              "(e.g. a parameter sweep beside the main table)")
+                              "(e.g. a parameter sweep beside the main table); with --atlas-build: section SECTION "
+                              "instead of atlas-evolution")
     command.add_argument("--atlas-build", type=Path, default=None, metavar="DIR",
                          help="report how the atlas in DIR (from `warpseg atlas build`) evolved: table and figure")
     command.add_argument("--segmentation", action="store_true",
@@ -305,7 +306,7 @@ def _run_bench(args) -> int:
     if args.atlas_build:
         from warpseg.bench.atlas import report_atlas_evolution
 
-        print(f"figure: {report_atlas_evolution(args.atlas_build, args.output)}")
+        print(f"figure: {report_atlas_evolution(args.atlas_build, args.output, section=args.section or 'atlas-evolution')}")
         return 0
     if args.segmentation:
         from warpseg.bench.segmentation import run_segmentation_benchmark

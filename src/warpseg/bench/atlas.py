@@ -1,8 +1,8 @@
 """How an atlas evolved while it was built: a per-epoch table and a figure of the snapshots.
 
 Reads what ``warpseg atlas build`` wrote (``atlas_history.json`` and, with ``--snapshot-every``,
-``atlas_image_epochNNN.nii.gz`` / ``atlas_labels_epochNNN.nii.gz``) and writes the ``atlas-evolution``
-section of BENCHMARKS.md with the figure beside it.
+``atlas_image_epochNNN.nii.gz`` / ``atlas_labels_epochNNN.nii.gz``) and writes a section of
+BENCHMARKS.md (``atlas-evolution`` unless told another, one per build) with its figure beside it.
 """
 from __future__ import annotations
 
@@ -15,18 +15,19 @@ from warpseg.errors import InputError
 TABLE_EVERY = 5  # epochs between two table rows (the first and last are always shown)
 
 
-def report_atlas_evolution(build: Path, output: Path = Path("BENCHMARKS.md"), figure: Path | None = None) -> Path:
-    """Write the section and the figure (default ``docs/atlas_evolution.png`` beside ``output``)."""
+def report_atlas_evolution(build: Path, output: Path = Path("BENCHMARKS.md"), figure: Path | None = None,
+                           section: str = "atlas-evolution") -> Path:
+    """Write ``section`` and its figure (default ``docs/<section>.png``, dashes as underscores, beside ``output``)."""
     build = Path(build)
     history_file = build / "atlas_history.json"
     if not history_file.is_file():
         raise InputError(f"{build}: no atlas_history.json; give a folder written by `warpseg atlas build`")
     history = json.loads(history_file.read_text())
-    figure = figure or Path(output).parent / "docs" / "atlas_evolution.png"
+    figure = figure or Path(output).parent / "docs" / f"{section.replace('-', '_')}.png"
     snapshots = sorted(build.glob("atlas_image_epoch*.nii.gz"))
     if snapshots:
         draw_snapshots(snapshots, figure)
-    replace_section(Path(output), "atlas-evolution", render(build, history, figure if snapshots else None, output))
+    replace_section(Path(output), section, render(build, history, figure if snapshots else None, output))
     return figure
 
 
@@ -53,9 +54,10 @@ def draw_snapshots(images: list[Path], figure: Path) -> None:
         for row in (0, 1):
             axis = axes[row, column]
             axis.imshow(np.rot90(image), cmap="gray")
-            if row == 1:
-                axis.imshow(np.rot90(np.ma.masked_equal(labels, 0)), cmap="tab10", alpha=0.5, vmin=0, vmax=9,
-                            interpolation="nearest")
+            if row == 1:  # seg4 in tab10's distinct colours; more labels (seg35) on a continuous map
+                top = max(9, int(labels.max()))
+                axis.imshow(np.rot90(np.ma.masked_equal(labels, 0)), cmap="tab10" if top == 9 else "nipy_spectral",
+                            alpha=0.5, vmin=0, vmax=top, interpolation="nearest")
             axis.set_axis_off()
         axes[0, column].set_title(f"epoch {int(epoch)}")
     fig.tight_layout()
