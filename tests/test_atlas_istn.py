@@ -248,3 +248,22 @@ def test_seg35_relabelling_resolves_nearest_of_rules(shared_data):
     aseg[0, 0, 0] = 999  # unknown -> 0
     seg35 = aseg_to_seg35(aseg, shared_data)
     assert seg35[5, 5, 5] == 1 and seg35[5, 6, 5] == 20 and seg35[0, 0, 0] == 0 and set(np.unique(seg35)) == {0, 1, 20}
+
+
+@pytest.mark.parametrize("label_set", ["seg4", "seg35"])
+def test_shipped_2d_atlases_segment_the_held_out_subject(label_set, shared_data):
+    """The shipped 2D models on the subject their build held out (vxm for seg4, subjY for seg35), scored in seg4."""
+    from warpseg.learning.label_maps import to_seg4_lookup
+    from warpseg.metrics import dice_per_label
+
+    subject = "vxm" if label_set == "seg4" else "subjY"
+    folder = shared_data / "oasis2d"
+    image = read_volume(folder / f"{subject}_slice_norm.nii.gz", labels=False)
+    reference = np.asarray(read_volume(folder / f"{subject}_slice_seg4.nii.gz", labels=True).array)
+    result = run_to_end(segment(image, "atlas-istn", device="cpu", options={"labels": label_set, "refine": 0}))
+    lookup = to_seg4_lookup(shared_data, label_set)
+    scores = {}
+    for name, labels in (("atlas", result.segmentation), ("itn", result.segmentations["itn_segmentation"])):
+        merged = lookup[np.asarray(labels.array, dtype=np.int64)]
+        scores[name] = np.mean(list(dice_per_label(merged, reference).values()))
+    assert scores["itn"] > 0.75 and scores["atlas"] > 0.65, scores
