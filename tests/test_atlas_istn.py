@@ -133,6 +133,23 @@ def test_the_dice_term_gives_a_small_structure_a_gradient_the_squared_error_does
     assert pulls[0.0] > 0 and pulls[1.0] > 10 * pulls[0.0]
 
 
+def test_the_cross_entropy_term_still_pulls_an_itn_whose_softmax_has_saturated():
+    """Logits blown up towards background: the squared error's gradient is exactly zero, cross-entropy's is not."""
+    labels = torch.zeros((1, 1, 16, 16), dtype=torch.long)
+    labels[..., 4:12, 4:12] = 2
+    target = one_hot(labels, 4)
+    pulls = {}
+    for weight in (0.0, 1.0):
+        logits = torch.zeros((1, 4, 16, 16))
+        logits[:, 0] = 200.0
+        logits.requires_grad_(True)
+        outputs = {"segmentation": logits, "probabilities": logits.softmax(dim=1), "warped_atlas": target,
+                   "atlas_to_image": torch.zeros((1, 2, 16, 16)), "velocity": torch.zeros((1, 2, 16, 16))}
+        AtlasIstnLoss(cross_entropy_weight=weight)(outputs, target, target)["total"].backward()
+        pulls[weight] = float(-logits.grad[0, 2, 4:12, 4:12].sum())
+    assert pulls[0.0] == 0.0 and pulls[1.0] > 0.1
+
+
 def test_refinement_lowers_its_loss_and_aligns_the_atlas():
     model = tiny_model(2)
     atlas = model.atlas_probabilities()

@@ -474,6 +474,9 @@ def _add_atlas(commands) -> None:
     build.add_argument("--dice-weight", type=float, default=0.0,
                        help="add this weight times (1 - soft Dice) to the ITN's squared-error loss (default 0: the "
                             "paper's loss; seg35 needs it, see the README)")
+    build.add_argument("--cross-entropy-weight", type=float, default=0.0,
+                       help="add this weight times class-weighted cross-entropy to the ITN's loss (default 0: the "
+                            "paper's loss; 3D needs it, see the README)")
     build.add_argument("--validation-subjects", default=None,
                        help="comma-separated held-out subjects (default vxm; subjY for --labels seg35)")
     build.add_argument("--label-maps", type=int, default=15, help="SynthSeg label maps used as labelled subjects")
@@ -507,7 +510,8 @@ def _run_atlas_build(args) -> int:
         data=str(args.data or default_data_dir()), ndim=args.ndim, labels=args.labels, epochs=args.epochs,
         steps_per_epoch=args.steps_per_epoch,
         learning_rate=args.lr, atlas_rate=args.atlas_rate, smoothness=args.smoothness, omega=args.omega,
-        omega_ramp_epoch=args.omega_ramp_epoch, dice_weight=args.dice_weight, seed=args.seed,
+        omega_ramp_epoch=args.omega_ramp_epoch, dice_weight=args.dice_weight,
+        cross_entropy_weight=args.cross_entropy_weight, seed=args.seed,
         validation_subjects=tuple(args.validation_subjects.split(",")) if args.validation_subjects else (),
         label_maps=args.label_maps, synthetic_share=args.synthetic_share, spacing=args.spacing, slab=args.slab, snapshot_every=args.snapshot_every,
         device=resolve_device(args.device), model_options=parse_options(args.model_option))

@@ -60,7 +60,8 @@ class AtlasConfig:
     smoothness: float = 500.0  # λ
     omega: float = 1.0  # ω (with omega_ramp_epoch > 0: the ramp's plateau)
     omega_ramp_epoch: int = 0  # 0: constant ω; else the paper's sigmoid ramp centred on this epoch
-    dice_weight: float = 0.0  # adds dice_weight · (1 − soft Dice) to L_s (not the paper's; needed for seg35)
+    dice_weight: float = 0.0  # adds dice_weight · (1 − soft Dice) to L_s (not the paper's; seg35 uses it)
+    cross_entropy_weight: float = 0.0  # adds this times class-weighted cross-entropy to L_s (not the paper's; 3D)
     seed: int = 0
     validation_subjects: tuple[str, ...] = ()  # empty: vxm for seg4, subjY for seg35
     label_maps: int = 15
@@ -238,7 +239,7 @@ def _build(config: AtlasConfig, out: Path, staging: Path | None, resume: bool, d
     generator = torch.Generator().manual_seed(rank_seed(config.seed + first_epoch - 1, rank))
     stepping_model = wrap_model(model, context, broadcast_buffers=False) if context else model
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
-    loss_function = AtlasIstnLoss(config.smoothness, config.omega, config.dice_weight)
+    loss_function = AtlasIstnLoss(config.smoothness, config.omega, config.dice_weight, config.cross_entropy_weight)
     clock = _Clock(max(0, config.epochs - first_epoch + 1) * config.steps_per_epoch)
     for epoch in range(first_epoch, config.epochs + 1):
         loss_function.omega = omega_at(epoch, config.omega_ramp_epoch, config.omega)
