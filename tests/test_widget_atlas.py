@@ -28,10 +28,14 @@ def test_atlas_layers_update_every_epoch_on_the_atlas_grid(make_napari_viewer, q
     widget = open_widget(viewer, write_tiny_shared_data(tmp_path / "data"), tmp_path / "atlas")
     shown = []
     viewer.layers.events.inserted.connect(lambda event: shown.append(event.value.name))
+    widget.learning_rate.value, widget.extra_loss.value = 5e-4, True
     widget.start()
     qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
     assert not errors
     assert [record["epoch"] for record in widget.history] == [0, 1, 2]
+    assert {"loss_segmentation_dice", "loss_segmentation_cross_entropy"} <= set(widget.history[-1])
+    stored = json.loads((tmp_path / "atlas" / "atlas_history.json").read_text())
+    assert stored[-1]["loss_segmentation_cross_entropy"] > 0
     assert shown == ["atlas: image", "atlas: labels"]  # created once, then updated in place
     written = read_volume(tmp_path / "atlas" / "atlas_labels.nii.gz")
     layer = viewer.layers["atlas: labels"]

@@ -39,11 +39,16 @@ class AtlasWidget(JobWidget):
         self.epochs = SpinBox(label="epochs", min=1, max=2000, value=50)
         self.steps = SpinBox(label="steps / epoch", min=1, max=10000, value=100)
         self.rate = FloatSpinBox(label="atlas rate η", min=0.001, max=1.0, step=0.01, value=0.05)
+        self.learning_rate = FloatSpinBox(label="learning rate", min=1e-5, max=1e-2, step=1e-4, value=1e-3,
+                                          tooltip="Adam's learning rate (the shipped seg35 model: 2e-4)")
+        self.extra_loss = CheckBox(text="add Dice + cross-entropy to the ITN loss", value=False,
+                                   tooltip="not the paper's loss; without it the ITN collapsed to background in 3D "
+                                           "and with seg35 (README, Atlas-ISTN)")
         self.out = FileEdit(label="output folder", mode="d", value=str(Path.cwd() / "atlas"))
         self.resume = CheckBox(text="continue the build in the output folder", value=False)
         self.epoch_log = Label(label="", value="")
-        self.extend([self.data, self.ndim, self.label_set, self.epochs, self.steps, self.rate, self.out,
-                     self.resume, *self.run_widgets(), self.epoch_log])
+        self.extend([self.data, self.ndim, self.label_set, self.epochs, self.steps, self.rate, self.learning_rate,
+                     self.extra_loss, self.out, self.resume, *self.run_widgets(), self.epoch_log])
         self.reserve_lines(self.log, 2)
         self.reserve_lines(self.epoch_log, 2)
         self.history: list[dict] = []
@@ -61,9 +66,11 @@ class AtlasWidget(JobWidget):
                              "pick the shared data folder")
         if not any(folder.glob(f"{REAL_SUBJECTS[0]}_*")):
             raise InputError(f"{folder} holds no {REAL_SUBJECTS[0]} images; pick the shared data folder")
+        extra = 1.0 if self.extra_loss.value else 0.0
         return AtlasConfig(data=str(data), ndim=int(self.ndim.value), labels=self.label_set.value,
                            epochs=int(self.epochs.value), steps_per_epoch=int(self.steps.value),
-                           atlas_rate=float(self.rate.value))
+                           atlas_rate=float(self.rate.value), learning_rate=float(self.learning_rate.value),
+                           dice_weight=extra, cross_entropy_weight=extra)
 
     def prepare_job(self):
         from warpseg.learning.atlas_build import build_atlas
