@@ -40,10 +40,10 @@ class AtlasWidget(JobWidget):
         self.steps = SpinBox(label="steps / epoch", min=1, max=10000, value=100)
         self.rate = FloatSpinBox(label="atlas rate η", min=0.001, max=1.0, step=0.01, value=0.05)
         self.learning_rate = FloatSpinBox(label="learning rate", min=1e-5, max=1e-2, step=1e-4, value=1e-3,
-                                          tooltip="Adam's learning rate (the shipped seg35 model: 2e-4)")
+                                          tooltip="Adam's learning rate (seg35: 2e-4; at 1e-3 its ITN collapsed, README)")
         self.extra_loss = CheckBox(text="add Dice + cross-entropy to the ITN loss", value=False,
-                                   tooltip="not the paper's loss; without it the ITN collapsed to background in 3D "
-                                           "and with seg35 (README, Atlas-ISTN)")
+                                   tooltip="not the paper's loss; without cross-entropy the 3D ITN collapsed to "
+                                           "background (README, Atlas-ISTN)")
         self.out = FileEdit(label="output folder", mode="d", value=str(Path.cwd() / "atlas"))
         self.resume = CheckBox(text="continue the build in the output folder", value=False)
         self.epoch_log = Label(label="", value="")
