@@ -473,7 +473,7 @@ def _add_atlas(commands) -> None:
                        help="ramp ω with a sigmoid centred on this epoch (paper, brains: 200; default 0: constant)")
     build.add_argument("--dice-weight", type=float, default=0.0,
                        help="add this weight times (1 - soft Dice) to the ITN's squared-error loss (default 0: the "
-                            "paper's loss; seg35 needs it, see the README)")
+                            "paper's loss; the seg35 build uses it, see the README)")
     build.add_argument("--cross-entropy-weight", type=float, default=0.0,
                        help="add this weight times class-weighted cross-entropy to the ITN's loss (default 0: the "
                             "paper's loss; 3D needs it, see the README)")
