@@ -247,6 +247,15 @@ def test_cli_atlas_build_writes_the_atlas_model_and_history(tmp_path):
     assert result.segmentation.shape == image.shape and result.segmentation.label_names == labels.label_names
 
 
+def test_cli_atlas_build_refuses_out_of_range_settings_before_writing(tmp_path, capsys):
+    data = write_tiny_shared_data(tmp_path / "data")
+    out = tmp_path / "atlas"
+    assert main(["atlas", "build", "--data", str(data), "--dice-weight", "-1", "--atlas-rate", "2", "--out", str(out),
+                 "--quiet"]) != 0
+    message = capsys.readouterr().err
+    assert "--atlas-rate, --dice-weight out of range" in message and not out.exists()
+
+
 def test_cancelled_build_leaves_nothing_behind(tmp_path):
     data = write_tiny_shared_data(tmp_path / "data")
     out = tmp_path / "atlas"

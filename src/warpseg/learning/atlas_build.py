@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from warpseg.errors import InputError
 from warpseg.learning.atlas_data import AtlasTrainingData
 from warpseg.learning.atlas_istn_loss import AtlasIstnLoss, omega_at
 from warpseg.learning.losses import one_hot
@@ -71,6 +72,15 @@ class AtlasConfig:
     snapshot_every: int = 0  # also write the atlas of every N-th epoch as atlas_*_epochNNN.nii.gz (0: none)
     device: str = "cpu"
     model_options: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        checks = {"--epochs": self.epochs >= 1, "--steps-per-epoch": self.steps_per_epoch >= 1,
+                  "--lr": self.learning_rate > 0, "--atlas-rate": 0 < self.atlas_rate <= 1,
+                  "--dice-weight": self.dice_weight >= 0, "--cross-entropy-weight": self.cross_entropy_weight >= 0}
+        wrong = [name for name, holds in checks.items() if not holds]
+        if wrong:
+            raise InputError(f"{', '.join(wrong)} out of range: epochs and steps are at least 1, the learning rate "
+                             "is above 0, the atlas rate in (0, 1], the loss weights 0 or more")
 
 
 @dataclass
@@ -330,7 +340,6 @@ def _finish_requested(sent, context) -> bool:
 
 
 def _resume(path: Path, model, device: str) -> tuple[torch.Tensor, torch.Tensor, list]:
-    from warpseg.errors import InputError
     from warpseg.learning.checkpoint import read_checkpoint
 
     checkpoint = read_checkpoint(path)
