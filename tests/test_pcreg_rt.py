@@ -65,6 +65,32 @@ def test_the_registration_sees_the_perception_but_does_not_train_it():
     assert all(p.grad is None for p in model.perception.parameters())
 
 
+def test_warm_start_from_seg_unet_and_voxelmorph_checkpoints(tmp_path):
+    """``--init-from seg-unet.pt,vxm.pt``: the U-Net perceives and the VoxelMorph registers exactly as
+    they did, the VoxelMorph whatever is perceived."""
+    from warpseg.learning.warm_start import initialise_from
+    from warpseg.models import SegmentationUNet, VoxelMorph
+
+    torch.manual_seed(1)
+    unet = SegmentationUNet(2, 4, 1, TINY["segmentation_channels"])
+    vxm = VoxelMorph(2, encoder=TINY["encoder"], decoder=TINY["decoder"], integration_steps=7)
+    for parameter in [*unet.parameters(), *vxm.parameters()]:  # move away from the initialisation
+        parameter.data.add_(0.05 * torch.randn_like(parameter))
+    paths = [save_checkpoint(tmp_path / f"{method}.pt", method=method, model=net, preprocessing={}, training={})
+             for method, net in (("seg-unet", unet), ("vxm", vxm))]
+    target = tiny_model()
+    counts = [initialise_from(target, path) for path in paths]
+    assert [c["copied"] for c in counts] == [len(unet.state_dict()), len(vxm.state_dict())]
+    moving, fixed = torch.rand(1, 1, 32, 32), torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        outputs = target(moving, fixed)
+        assert torch.allclose(outputs["fixed_segmentation"], unet(fixed)["segmentation"], atol=1e-5)
+        expected = vxm(moving, fixed)["displacement"]
+        assert torch.allclose(expected, outputs["displacement"], atol=1e-5) and expected.abs().max() > 0.01
+        target.perception.classify.bias += 3.0 * torch.arange(4.0)
+        assert torch.allclose(expected, target(moving, fixed)["displacement"], atol=1e-5)
+
+
 def test_loss_terms_train_each_net_by_its_own_terms():
     model, loss = tiny_model(), PcRegRtLoss(2)
     atlas, labels = blob_tensors(1)

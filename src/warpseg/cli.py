@@ -221,9 +221,10 @@ def _add_train(commands) -> None:
     command.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     command.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
                          help="network constructor option, e.g. --model-option integration_steps=7")
-    command.add_argument("--init-from", default=None, metavar="CHECKPOINT",
-                         help="start from this checkpoint's weights where they fit (e.g. nice-transeg from nice-trans "
-                              "weights; convs that gained inputs get zeros there)")
+    command.add_argument("--init-from", default=None, metavar="CHECKPOINT[,CHECKPOINT]",
+                         help="start from these checkpoints' weights where they fit (e.g. nice-transeg from nice-trans "
+                              "weights, convs that gained inputs get zeros there; pcreg-rt from seg-unet and vxm "
+                              "weights)")
     command.add_argument("--resume", action="store_true", help="continue from OUT's .state.pt file")
     command.add_argument("--distributed", action="store_true",
                          help="data-parallel training under torchrun (DDP: gloo on CPU, nccl on CUDA), e.g. "

@@ -49,7 +49,7 @@ class TrainingConfig:
     segmentation_weight: float = 1.0  # weighted cross-entropy + Dice on the labelled atlas
     consistency_weight: float = 1.0  # Dice(S_F, S_M o phi)
     self_pairs: float = 0.0  # K = 1: share of steps pairing the atlas with an augmented copy of itself
-    init_from: str | None = None  # checkpoint to warm-start from (learning/warm_start.py)
+    init_from: str | None = None  # checkpoint(s), comma-separated, to warm-start from (learning/warm_start.py)
 
 
 @dataclass
@@ -139,9 +139,10 @@ def _train(config: TrainingConfig, out: Path, resume: bool, context) -> Generato
     elif config.init_from:
         from warpseg.learning.warm_start import initialise_from
 
-        warm = initialise_from(model, config.init_from)
-        yield Progress("train", 0, config.steps, "warm start from {from}: {copied} tensors copied, "
-                       "{widened} widened, {fresh} fresh".format(**warm))
+        for path in config.init_from.split(","):
+            warm = initialise_from(model, path.strip())
+            yield Progress("train", 0, config.steps, "warm start from {from}: {copied} tensors copied, "
+                           "{widened} widened, {fresh} fresh".format(**warm))
     stepping_model = wrap_model(model, context) if context else model
     yield Progress("train", step, config.steps, "loading training data")
     data = task.load_data()

@@ -7,6 +7,11 @@ zeros on the new ones, so it computes what it computed before, whatever the new 
 NICE-Transeg's registration fuse convs take NICE-Trans's inputs first and then the segmentation
 branches' features, so the warm-started network registers exactly as the NICE-Trans it came from
 until training moves it. Everything else keeps its fresh initialisation.
+
+A network that embeds other ones under different names (PC-Reg-RT's perception net is a
+segmentation U-Net, its correspondence net a VoxelMorph) says how to read their weights with
+``adapt_state_dict(source, method)``, called first. ``--init-from`` takes comma-separated
+checkpoints, applied in turn (PC-Reg-RT from ``seg-unet`` and ``vxm`` weights).
 """
 from __future__ import annotations
 
@@ -24,7 +29,10 @@ def initialise_from(model: torch.nn.Module, path: str | Path) -> dict[str, int |
     path = Path(path)
     if not path.is_file():
         raise InputError(f"--init-from {path}: no such checkpoint")
-    source = read_checkpoint(path)["state_dict"]
+    checkpoint = read_checkpoint(path)
+    source = checkpoint["state_dict"]
+    if hasattr(model, "adapt_state_dict"):
+        source = model.adapt_state_dict(source, checkpoint.get("method"))
     counts = {"copied": 0, "widened": 0, "fresh": 0}
     with torch.no_grad():
         for name, target in model.state_dict().items():

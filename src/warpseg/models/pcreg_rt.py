@@ -61,6 +61,28 @@ class PcRegRt(nn.Module):
                 "segmentation_channels": list(self.perception.channels), "encoder": registration["encoder"],
                 "decoder": registration["decoder"], "integration_steps": registration["integration_steps"]}
 
+    def adapt_state_dict(self, source: dict[str, torch.Tensor], method: str | None) -> dict[str, torch.Tensor]:
+        """Another method's weights named as this network's, for a warm start (``--init-from``).
+
+        ``seg-unet`` weights become the perception net. ``vxm`` weights become the correspondence
+        net: VoxelMorph's first conv sees ``(moving, fixed)``, here each image comes with its
+        perceived label probabilities, ``(moving, P_moving, fixed, P_fixed)``; the intensity kernels
+        go to the intensity channels and the probability channels start at zero, so the net computes
+        VoxelMorph's flow whatever is perceived, until training moves it. Others are returned as given.
+        """
+        if method == "seg-unet":
+            return {f"perception.{name}": weights for name, weights in source.items()}
+        if method != "vxm":
+            return source
+        adapted = {f"correspondence.{name}": weights for name, weights in source.items()}
+        first = "correspondence.encoder.0.0.weight"
+        kernel = adapted.get(first)
+        if kernel is not None and kernel.shape[1] == 2:
+            spread = kernel.new_zeros((kernel.shape[0], 2 * (1 + self.num_labels), *kernel.shape[2:]))
+            spread[:, 0], spread[:, 1 + self.num_labels] = kernel[:, 0], kernel[:, 1]
+            adapted[first] = spread
+        return adapted
+
     def segment(self, image: torch.Tensor) -> torch.Tensor:
         """The perception's label logits: ``(B, 1, *S)`` to ``(B, num_labels, *S)``."""
         return self.perception(image)["segmentation"]
