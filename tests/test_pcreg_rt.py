@@ -179,14 +179,17 @@ def test_checkpoint_rebuilds_both_nets(tmp_path):
         assert torch.equal(model(*images)["displacement"], loaded(*images)["displacement"])
 
 
-def test_train_writes_one_checkpoint_that_registers_and_segments(tmp_path, shared_data):
+def test_train_writes_one_checkpoint_that_registers_and_segments(tmp_path, shared_data, capsys):
     from warpseg.cli import main
     from warpseg.learning.checkpoint import read_checkpoint
 
     weights = tmp_path / "pcreg-rt.pt"
+    shipped = [METHODS["vxm"]().weights_path(2), SEGMENTATION_METHODS["seg-unet"](labels="seg4").weights_path(2)]
     assert main(["train", "pcreg-rt", "--ndim", "2", "--data", str(shared_data), "--labels", "seg4", "--shots", "2",
                  "--steps", "2", "--validate-every", "2", "--label-maps", "1", "--device", "cpu",
-                 "--out", str(weights)]) == 0
+                 "--init-from", ",".join(map(str, shipped)), "--out", str(weights)]) == 0
+    warm_start = next(line for line in capsys.readouterr().err.splitlines() if "warm start" in line)
+    assert all(f"{path}: " in warm_start for path in shipped) and warm_start.count(" 0 tensors copied") == 0
     payload = read_checkpoint(weights)
     assert payload["model"]["class"] == "PcRegRt" and payload["segmentation"]["label_set"] == "seg4"
     validation = payload["training"]["validation"]

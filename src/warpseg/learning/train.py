@@ -139,10 +139,9 @@ def _train(config: TrainingConfig, out: Path, resume: bool, context) -> Generato
     elif config.init_from:
         from warpseg.learning.warm_start import initialise_from
 
-        for path in config.init_from.split(","):
-            warm = initialise_from(model, path.strip())
-            yield Progress("train", 0, config.steps, "warm start from {from}: {copied} tensors copied, "
-                           "{widened} widened, {fresh} fresh".format(**warm))
+        summaries = ["{from}: {copied} tensors copied, {widened} widened, {fresh} fresh".format(
+            **initialise_from(model, path.strip())) for path in config.init_from.split(",")]
+        yield Progress("train", 0, config.steps, "warm start from " + "; ".join(summaries))
     stepping_model = wrap_model(model, context) if context else model
     yield Progress("train", step, config.steps, "loading training data")
     data = task.load_data()
