@@ -109,6 +109,17 @@ def test_weights_of_the_wrong_dimensionality_are_refused(tmp_path):
         run_to_end(register(image, image, "vxm", weights=str(weights), device="cpu"))
 
 
+def test_weights_may_come_as_an_option_as_in_a_benchmark_spec(tmp_path):
+    """``vxm[weights=F]``: the option ``weights`` is the weights file; two files at once are refused."""
+    weights = tiny_checkpoint(tmp_path, "vxm", 2)
+    image, _ = blob_pair((32, 32), np.eye(4), 1)
+    result = run_to_end(register(image, image, "vxm", options={"weights": str(weights)}, device="cpu"))
+    assert result.weights == str(weights)
+    with pytest.raises(InputError, match="two weights files were given"):
+        run_to_end(register(image, image, "vxm", weights=str(weights), options={"weights": str(weights)},
+                            device="cpu"))
+
+
 def test_training_pairs_are_drawn_across_subjects(shared_data):
     from warpseg.learning.data import RegistrationData
 

@@ -32,6 +32,20 @@ def resolve_device(device: str = "auto") -> str:
     return device
 
 
+def weights_and_options(weights: str | None, options: dict[str, Any] | None) -> tuple[str | None, dict]:
+    """The weights file given either way, ``weights=`` or the option ``weights`` (``vxm[weights=F]`` in a
+    benchmark), and the other options; both at once is an error."""
+    from warpseg.errors import InputError
+
+    options = dict(options or {})
+    if "weights" in options:
+        if weights is not None:
+            raise InputError(f"two weights files were given, {weights} and the option weights={options['weights']}; "
+                             "give one")
+        weights = str(options.pop("weights"))
+    return weights, options
+
+
 def normalise_intensity(array: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndarray:
     """Robust min-max scaling to [0, 1] between two percentiles, clipped."""
     lower, upper = np.percentile(array, [low, high])
@@ -55,7 +69,8 @@ def register(moving: Volume, fixed: Volume, method: str, *, moving_labels: Volum
         check_landmarks_inside(landmarks, fixed)
     method_class = get_method(method)
     device = resolve_device(device)
-    instance = method_class(weights=weights, **(options or {}))
+    weights, options = weights_and_options(weights, options)
+    instance = method_class(weights=weights, **options)
     yield Progress("prepare", 0, 1, "resampling the moving image onto the fixed grid")
     moving_on_fixed, labels_on_fixed = on_fixed_grid(moving, fixed), on_fixed_grid(moving_labels, fixed)
     pair = prepare_pair(moving_on_fixed, fixed, labels_on_fixed, fixed_labels, device)

@@ -57,7 +57,7 @@ def segment(image: Volume, method: str, *, atlas: tuple[Volume, Volume] | None =
     A generator: it yields :class:`Progress` records and returns a :class:`SegmentationResult` on
     the image's grid. Closing it cancels the work.
     """
-    from warpseg.engine.register import resolve_device
+    from warpseg.engine.register import resolve_device, weights_and_options
     from warpseg.metrics import label_metrics
 
     started = time.perf_counter()
@@ -68,7 +68,8 @@ def segment(image: Volume, method: str, *, atlas: tuple[Volume, Volume] | None =
     if method_class.needs_atlas:
         check_atlas(atlas, image)
     device = resolve_device(device)
-    output = yield from method_class(weights=weights, **(options or {})).run(image, atlas=atlas, device=device)
+    weights, options = weights_and_options(weights, options)
+    output = yield from method_class(weights=weights, **options).run(image, atlas=atlas, device=device)
     labels = np.asarray(output.labels)
     if labels.shape != image.shape:
         raise RuntimeError(f"{method} returned labels of shape {labels.shape} for an image of shape {image.shape}")
