@@ -271,8 +271,9 @@ def _run_train(args) -> int:
 def _add_bench(commands) -> None:
     command = commands.add_parser("bench", help="benchmark methods on the dev pairs; writes BENCHMARKS.md")
     command.add_argument("--data", type=Path, default=None, help="shared data folder (default: $WARPSEG_DATA or ../shared/data)")
-    command.add_argument("--methods", default=None, help="comma-separated method names, options in brackets, e.g. nir,vxm[refine=100],vxm[weights=FILE] "
-                         "(default: all available, and learned ones refined)")
+    command.add_argument("--methods", default=None,
+                         help="comma-separated method names, options in brackets, e.g. "
+                              "nir,vxm[refine=100],vxm[weights=FILE] (default: all available, and learned ones refined)")
     command.add_argument("--ndim", type=int, choices=[2, 3], action="append", default=None,
                          help="2 and/or 3 (default: both)")
     command.add_argument("--max-pairs", type=int, default=None, help="use at most this many pairs per dimension")
