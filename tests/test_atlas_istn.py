@@ -276,20 +276,27 @@ def test_seg35_relabelling_resolves_nearest_of_rules(shared_data):
     assert seg35[5, 5, 5] == 1 and seg35[5, 6, 5] == 20 and seg35[0, 0, 0] == 0 and set(np.unique(seg35)) == {0, 1, 20}
 
 
-@pytest.mark.parametrize("label_set", ["seg4", "seg35"])
-def test_shipped_2d_atlases_segment_the_held_out_subject(label_set, shared_data):
-    """The shipped 2D models on the subject their build held out (vxm for seg4, subjY for seg35), scored in seg4."""
+SHIPPED_ATLASES = {(2, "seg4"): (0.75, 0.65), (2, "seg35"): (0.75, 0.65), (3, "seg4"): (0.6, 0.5)}
+"""``(ndim, label set): (ITN, one-pass atlas)`` Dice the shipped model must beat on its held-out subject
+(the 3D model is a CPU-budget build at 4 mm, README)."""
+
+
+@pytest.mark.parametrize("ndim,label_set", SHIPPED_ATLASES)
+def test_shipped_atlases_segment_the_held_out_subject(ndim, label_set, shared_data):
+    """The shipped models on the subject their build held out (vxm for seg4, subjY for seg35), scored in seg4."""
     from warpseg.learning.label_maps import to_seg4_lookup
     from warpseg.metrics import dice_per_label
 
     subject = "vxm" if label_set == "seg4" else "subjY"
-    folder = shared_data / "oasis2d"
-    image = read_volume(folder / f"{subject}_slice_norm.nii.gz", labels=False)
-    reference = np.asarray(read_volume(folder / f"{subject}_slice_seg4.nii.gz", labels=True).array)
+    folder = shared_data / f"oasis{ndim}d"
+    name = f"{subject}_slice" if ndim == 2 else f"{subject}_aligned"
+    image = read_volume(folder / f"{name}_norm.nii.gz", labels=False)
+    reference = np.asarray(read_volume(folder / f"{name}_seg4.nii.gz", labels=True).array)
     result = run_to_end(segment(image, "atlas-istn", device="cpu", options={"labels": label_set, "refine": 0}))
     lookup = to_seg4_lookup(shared_data, label_set)
     scores = {}
     for name, labels in (("atlas", result.segmentation), ("itn", result.segmentations["itn_segmentation"])):
         merged = lookup[np.asarray(labels.array, dtype=np.int64)]
         scores[name] = np.mean(list(dice_per_label(merged, reference).values()))
-    assert scores["itn"] > 0.75 and scores["atlas"] > 0.65, scores
+    itn, atlas = SHIPPED_ATLASES[(ndim, label_set)]
+    assert scores["itn"] > itn and scores["atlas"] > atlas, scores
