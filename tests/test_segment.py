@@ -57,6 +57,27 @@ def test_segment_cli_writes_the_label_map_its_names_and_scores(tmp_path, atlas_a
     assert 0.5 < summary["dice_mean"] <= 1.0 and set(summary["dice_per_label"]) == {"1", "2", "3"}
 
 
+def test_a_reference_that_names_its_labels_otherwise_is_flagged(tmp_path, atlas_and_image, capsys):
+    """Scoring against labels whose IDs mean other structures (the sample pair's 1 = CSF vs seg4's
+    1 = Cortex) is flagged in result.json and by the CLI; names differing only in case or spacing are not."""
+    (atlas_image, atlas_labels), (image, reference) = atlas_and_image
+    renamed = Volume(reference.array, reference.affine, is_labels=True,
+                     label_names={1: "OUTER", 2: "the core", 3: "middle"})
+    result = run_to_end(segment(image, "atlas-propagation", atlas=(atlas_image, atlas_labels), reference=renamed,
+                                options={"registration": "identity"}))
+    assert result.metrics["label_names_differ"] == {2: ["middle", "the core"], 3: ["core", "middle"]}
+    paths = {name: write_volume(volume, tmp_path / f"{name}.nii.gz") for name, volume in
+             (("atlas", atlas_image), ("atlas_seg", atlas_labels), ("image", image), ("ref_seg", renamed))}
+    assert main(["segment", str(paths["image"]), "--atlas", str(paths["atlas"]), "--atlas-labels",
+                 str(paths["atlas_seg"]), "--labels", str(paths["ref_seg"]), "--option", "registration=identity",
+                 "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    assert "2 is 'middle' here but 'the core' in --labels" in capsys.readouterr().err
+    assert json.loads((tmp_path / "out" / "result.json").read_text())["label_names_differ"]["3"] == ["core", "middle"]
+    same = run_to_end(segment(image, "atlas-propagation", atlas=(atlas_image, atlas_labels), reference=reference,
+                              options={"registration": "identity"}))
+    assert "label_names_differ" not in same.metrics
+
+
 @pytest.mark.parametrize("problem", ["no atlas", "3D atlas", "unknown method"])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, atlas_and_image, problem):
     (atlas_image, atlas_labels), (image, _) = atlas_and_image

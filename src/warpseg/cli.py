@@ -111,6 +111,11 @@ def _run_segment(args) -> int:
     write_segmentation(result, args.out)
     scores = f"; Dice {result.metrics['dice_mean']:.3f}" if "dice_mean" in result.metrics else ""
     print(f"{result.method}: {result.seconds:.2f} s on {result.device}{scores}\nwritten to {args.out}")
+    differing = result.metrics.get("label_names_differ")
+    if differing:
+        pairs = ", ".join(f"{label} is {names[0]!r} here but {names[1]!r} in --labels" for label, names in differing.items())
+        print(f"warning: the label IDs mean different structures: {pairs}. The Dice compares them as if they "
+              "were the same; give --labels in the segmentation's label set.", file=sys.stderr)
     return 0
 
 

@@ -84,8 +84,23 @@ def segment(image: Volume, method: str, *, atlas: tuple[Volume, Volume] | None =
         if others:
             metrics["segmentations"] = {name: label_metrics(volume.array, reference.array, spacing)
                                         for name, volume in others.items()}
+        differing = differing_label_names(output.label_names, reference.label_names)
+        if differing:
+            metrics["label_names_differ"] = differing
     return SegmentationResult(method, image, segmentation, metrics, time.perf_counter() - started, device,
                               weights, output.partial, details, others)
+
+
+def differing_label_names(names: dict[int, str] | None, reference: dict[int, str] | None) -> dict[int, list[str]]:
+    """IDs both label maps name, but differently (case, spaces and punctuation aside): ``{id: [name,
+    reference name]}``. Dice per ID then compares different structures."""
+    def key(name: str) -> str:
+        return "".join(character for character in name.lower() if character.isalnum())
+
+    if not names or not reference:
+        return {}
+    return {int(label): [names[label], reference[label]] for label in sorted(set(names) & set(reference))
+            if key(names[label]) != key(reference[label])}
 
 
 def check_atlas(atlas: tuple[Volume, Volume] | None, image: Volume) -> None:
