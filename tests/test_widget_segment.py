@@ -35,6 +35,22 @@ def test_atlas_propagation_adds_a_named_label_layer_and_a_dice_table(make_napari
     assert "mean Dice" in widget.scores.value
 
 
+def test_a_reference_naming_its_labels_otherwise_is_flagged_beside_the_scores(make_napari_viewer, qtbot,
+                                                                              sample_cache, errors):
+    from warpseg._plugin._layers import LABEL_NAMES_KEY
+
+    viewer = make_napari_viewer()
+    widget = open_widget(viewer)
+    names = viewer.layers["fixed labels"].metadata[LABEL_NAMES_KEY]
+    viewer.layers["fixed labels"].metadata[LABEL_NAMES_KEY] = {**names, 1: "Cortex"}
+    widget.registration.value = "identity"
+    widget.start()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    assert not errors
+    assert "mean Dice" in widget.scores.value
+    assert f"1 {names[1]} vs Cortex" in widget.scores.value and "different structures" in widget.scores.value
+
+
 def test_missing_atlas_labels_is_an_error_that_changes_nothing(make_napari_viewer, errors):
     viewer = make_napari_viewer()
     widget = open_widget(viewer)

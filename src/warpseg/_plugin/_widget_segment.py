@@ -100,6 +100,11 @@ class SegmentationWidget(JobWidget):
         self.log.value = f"{result.method}: done in {result.seconds:.1f} s"
         if "dice_mean" in metrics:
             self.scores.value = f"mean Dice {metrics['dice_mean']:.3f} · HD95 {metrics['hd95_mean']:.2f} mm"
+            differing = metrics.get("label_names_differ")
+            if differing:
+                pairs = ", ".join(f"{label} {names[0]} vs {names[1]}" for label, names in differing.items())
+                self.scores.value += (f"\nthe reference names labels otherwise ({pairs}): these Dice compare "
+                                      "different structures")
             names = result.segmentation.label_names or {}
             rows = [[int(label), names.get(int(label), ""), round(score, 3)]
                     for label, score in metrics["dice_per_label"].items()]
