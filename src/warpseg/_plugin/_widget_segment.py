@@ -99,12 +99,14 @@ class SegmentationWidget(JobWidget):
         metrics = result.metrics
         self.log.value = f"{result.method}: done in {result.seconds:.1f} s"
         if "dice_mean" in metrics:
-            self.scores.value = f"mean Dice {metrics['dice_mean']:.3f} · HD95 {metrics['hd95_mean']:.2f} mm"
+            scores, lines = f"mean Dice {metrics['dice_mean']:.3f} · HD95 {metrics['hd95_mean']:.2f} mm", 1
             differing = metrics.get("label_names_differ")
             if differing:
                 pairs = ", ".join(f"{label} {names[0]} vs {names[1]}" for label, names in differing.items())
-                self.scores.value += (f"\nthe reference names labels otherwise ({pairs}): these Dice compare "
-                                      "different structures")
+                warning = f"the reference names labels otherwise ({pairs}): these Dice compare different structures"
+                scores, lines = scores + "\n" + warning, 2 + len(warning) // 30
+            self.reserve_lines(self.scores, lines)  # the dock does not grow by itself
+            self.scores.value = scores
             names = result.segmentation.label_names or {}
             rows = [[int(label), names.get(int(label), ""), round(score, 3)]
                     for label, score in metrics["dice_per_label"].items()]
