@@ -1,7 +1,7 @@
 """The benchmark: dev pairs across subjects, tables that replace only their own section."""
 import pytest
 
-from warpseg.bench.pairs import dev_pairs
+from warpseg.bench.pairs import dev_pairs, held_out_slice_pairs
 from warpseg.bench.report import summarise, update_benchmarks_file
 from warpseg.bench.run import run_benchmark
 from warpseg.errors import InputError
@@ -16,6 +16,33 @@ def test_pairs_never_register_a_subject_to_itself(shared_data):
     assert all(p.moving.name.split("_")[0] != p.fixed.name.split("_")[0] for p in pairs)
     first_three = dev_pairs(shared_data, 3, max_pairs=3)
     assert sorted(p.name.split("->")[0] for p in first_three) == ["subjX", "subjY", "vxm"]
+
+
+def test_held_out_slice_pairs_pair_the_same_slice_of_vxm_and_each_other_subject(tmp_path, shared_data):
+    import nibabel as nib
+    import numpy as np
+
+    pairs = held_out_slice_pairs(shared_data, tmp_path)
+    assert len(pairs) == 41 * 4 and len({p.name for p in pairs}) == len(pairs)
+    assert all("vxm" in p.name.split("@")[0].split("->") for p in pairs)
+    at_109 = [p for p in pairs if p.name.endswith("@z109")]
+    assert [p.name for p in at_109] == ["vxm->subjX@z109", "subjX->vxm@z109", "vxm->subjY@z109", "subjY->vxm@z109"]
+    moving, reference = nib.load(at_109[0].moving), nib.load(shared_data / "oasis2d/vxm_slice_norm.nii.gz")
+    assert moving.shape == (160, 192, 1)
+    np.testing.assert_array_equal(moving.get_fdata(), reference.get_fdata())
+    stack = nib.load(shared_data / "oasis2d/vxm_stack_z090-130_norm.nii.gz")
+    np.testing.assert_allclose(moving.affine[:3, 3], stack.affine[:3, 3] + 19 * stack.affine[:3, 2])
+    labels = nib.load(at_109[0].fixed_labels)
+    np.testing.assert_array_equal(labels.get_fdata(), nib.load(shared_data / "oasis2d/subjX_slice_seg4.nii.gz").get_fdata())
+
+
+def test_held_out_slices_benchmark_is_2d_only(tmp_path, shared_data):
+    with pytest.raises(InputError, match="--ndim 2"):
+        run_benchmark(shared_data, methods=["identity"], ndims=[2, 3], output=tmp_path / "B.md", held_out_slices=True)
+    tables = run_benchmark(shared_data, methods=["identity"], ndims=[2], max_pairs=4, output=tmp_path / "B.md",
+                           held_out_slices=True)
+    assert tables[2]["identity"]["pairs"] == 4
+    assert "<!-- bench:held-out-slices-2d -->" in (tmp_path / "B.md").read_text()
 
 
 def test_missing_data_is_a_clear_error(tmp_path):

@@ -291,6 +291,10 @@ def _add_bench(commands) -> None:
                               "instead of atlas-evolution")
     command.add_argument("--atlas-build", type=Path, default=None, metavar="DIR",
                          help="report how the atlas in DIR (from `warpseg atlas build`) evolved: table and figure")
+    command.add_argument("--held-out-slices", action="store_true",
+                         help="2D: register every slice z=90..130 of the held-out subject vxm with the same slice of "
+                              "the other subjects, both directions (164 pairs), into section held-out-slices-2d; "
+                              "default methods: identity and the learned ones")
     command.add_argument("--segmentation", action="store_true",
                          help="benchmark segmentation instead: few-shot networks and atlas propagation on held-out subjects")
     command.add_argument("--labels", default="seg4,seg35", help="--segmentation: label sets, comma-separated")
@@ -321,8 +325,9 @@ def _run_bench(args) -> int:
         run_segmentation_benchmark(args.data, methods=methods, ndims=args.ndim or [2], corrupt=args.corrupt,
                                    label_sets=tuple(args.labels.split(",")), output=args.output)
         return 0
-    run_benchmark(args.data, methods=methods, ndims=args.ndim or [2, 3], max_pairs=args.max_pairs,
-                  output=args.output, section=args.section)
+    default_ndims = [2] if args.held_out_slices else [2, 3]
+    run_benchmark(args.data, methods=methods, ndims=args.ndim or default_ndims, max_pairs=args.max_pairs,
+                  output=args.output, section=args.section, held_out_slices=args.held_out_slices)
     return 0
 
 

@@ -1,4 +1,9 @@
-"""The dev pairs of the shared data: 2D slices and 3D volumes of three subjects, with seg4 labels."""
+"""The dev pairs of the shared data: 2D slices and 3D volumes of three subjects, with seg4 labels.
+
+Beside the six pairs of one axial slice (z=109) there is a larger held-out set in 2D: every slice of
+the held-out subject's stack (z=90..130) with the same slice of each other subject, both directions
+(:func:`held_out_slice_pairs`), for telling apart learned methods whose six-pair scores are close.
+"""
 from __future__ import annotations
 
 import itertools
@@ -48,4 +53,44 @@ def dev_pairs(data_dir: Path, ndim: int, max_pairs: int | None = None) -> list[D
                 data_dir / image_pattern.format(f), data_dir / label_pattern.format(f))
         for m, f in cyclic + rest
     ]
+    return pairs[:max_pairs] if max_pairs else pairs
+
+
+STACK_FILES = ("oasis2d/{}_stack_z090-130_norm.nii.gz", "oasis2d/{}_stack_z090-130_seg4.nii.gz")
+STACK_FIRST_Z = 90
+
+
+def held_out_slice_pairs(data_dir: Path, folder: Path, held_out: str = "vxm",
+                         max_pairs: int | None = None) -> list[DevPair]:
+    """Pairs of the same axial slice of ``held_out`` and each other subject, both directions, every
+    slice of the stacks; the slices are written as 2D NIfTI files (with their world geometry) into
+    ``folder``, which the caller removes. Named like ``vxm->subjX@z101``."""
+    import nibabel as nib
+    import numpy as np
+
+    missing = [s for s in SUBJECTS if not (data_dir / STACK_FILES[0].format(s)).exists()]
+    if missing:
+        raise InputError(f"{data_dir}: slice stacks of {', '.join(missing)} not found; pass --data ../shared/data")
+    slices: dict[tuple[str, int], tuple[Path, Path]] = {}
+    for subject in SUBJECTS:
+        for kind, pattern in zip(("norm", "seg4"), STACK_FILES):
+            stack = nib.load(str(data_dir / pattern.format(subject)))
+            data = np.asanyarray(stack.dataobj)
+            for index in range(data.shape[2]):
+                affine = stack.affine.copy()
+                affine[:3, 3] += affine[:3, 2] * index
+                path = folder / f"{subject}_z{STACK_FIRST_Z + index:03d}_{kind}.nii.gz"
+                nib.save(nib.Nifti1Image(data[:, :, index: index + 1], affine), str(path))
+                image, labels = slices.get((subject, index), (None, None))
+                slices[(subject, index)] = (path, labels) if kind == "norm" else (image, path)
+    others = [s for s in SUBJECTS if s != held_out]
+    pairs = []
+    for (subject, index), _ in sorted(slices.items(), key=lambda item: item[0][1]):
+        if subject != held_out:
+            continue
+        for other in others:
+            for moving, fixed in ((held_out, other), (other, held_out)):
+                (m_image, m_labels), (f_image, f_labels) = slices[(moving, index)], slices[(fixed, index)]
+                pairs.append(DevPair(f"{moving}->{fixed}@z{STACK_FIRST_Z + index}", m_image, m_labels,
+                                     f_image, f_labels))
     return pairs[:max_pairs] if max_pairs else pairs

@@ -12,6 +12,7 @@ import numpy as np
 TIME_BASELINES = ("ants-syn", "sitk-bspline")
 MIN_TIMED_SECONDS = 0.01  # below this (identity) a time ratio means nothing
 HELD_OUT_SUBJECT = "vxm"  # the shipped learned models never saw it in training
+MAX_LISTED_PAIRS = 12
 HEADER = "# Benchmarks\n\nWritten by `warpseg bench`; each section is replaced by the run that measured it.\n"
 
 
@@ -53,7 +54,7 @@ def render_table(ndim: int, pairs, summary: dict[str, dict], machine: str) -> st
     lines = [
         f"## Registration, {ndim}D dev pairs (seg4 labels)",
         "",
-        f"Run {today} on {machine}. Pairs: {', '.join(p.name for p in pairs)}. "
+        f"Run {today} on {machine}. Pairs: {describe_pairs(pairs)}. "
         "Dice: mean over labels present in the fixed map; HD95/ASD in mm; fold: % voxels with det(J) <= 0; "
         "time: the registration itself, per pair" + (f"; speed-up: {baseline} time / method time." if baseline else ".")
         + f" The shipped learned models were trained without subject {HELD_OUT_SUBJECT}: 'Dice, pairs with "
@@ -73,6 +74,14 @@ def render_table(ndim: int, pairs, summary: dict[str, dict], machine: str) -> st
             f"{_pm(entry['asd_mean'], 2)} | {entry['folding_percent'][0]:.3f} | {seconds:.3f} | {ratio} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def describe_pairs(pairs) -> str:
+    """The pairs' names, or their count and the first and last few when there are many."""
+    names = [pair.name for pair in pairs]
+    if len(names) <= MAX_LISTED_PAIRS:
+        return ", ".join(names)
+    return f"{len(names)} pairs ({', '.join(names[:4])}, …, {names[-1]})"
 
 
 def update_benchmarks_file(path: Path, key: str, ndim: int, pairs, summary, machine: str) -> None:

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import sys
+import tempfile
 from pathlib import Path
 
-from warpseg.bench.pairs import DevPair, default_data_dir, dev_pairs
+from warpseg.bench.pairs import DevPair, default_data_dir, dev_pairs, held_out_slice_pairs
 from warpseg.bench.report import machine_description, summarise, update_benchmarks_file
 
 DEFAULT_3D_PAIRS = 3
@@ -49,27 +50,46 @@ def default_methods(ndim: int) -> list[str]:
     return names
 
 
+def held_out_methods() -> list[str]:
+    """The default of ``--held-out-slices``: the identity and every learned method with 2D weights."""
+    from warpseg.methods import METHODS, available_methods
+
+    return ["identity"] + [name for name in available_methods(2) if METHODS[name].needs_weights]
+
+
 def run_benchmark(data_dir: Path | None, *, methods: list[str] | None = None, ndims=(2, 3),
-                  max_pairs: int | None = None, output: Path = Path("BENCHMARKS.md"), section: str | None = None) -> dict:
+                  max_pairs: int | None = None, output: Path = Path("BENCHMARKS.md"), section: str | None = None,
+                  held_out_slices: bool = False) -> dict:
     """Register the dev pairs with each method; return the per-method rows and write the report
-    (into the section ``register-<n>d``, or ``<section>-<n>d`` to keep a separate table)."""
+    (into the section ``register-<n>d``, or ``<section>-<n>d`` to keep a separate table).
+
+    ``held_out_slices``: 2D only, the pairs of :func:`~warpseg.bench.pairs.held_out_slice_pairs`
+    instead (section ``held-out-slices-2d`` by default; methods: :func:`held_out_methods`)."""
+    from warpseg.errors import InputError
     from warpseg.methods import get_method
 
     data_dir = Path(data_dir) if data_dir else default_data_dir()
     for spec in methods or []:
         get_method(parse_variant(spec)[0])  # fail early on unknown or uninstalled methods
+    if held_out_slices and tuple(ndims) != (2,):
+        raise InputError("--held-out-slices pairs 2D slices: run it with --ndim 2")
     tables = {}
     for ndim in ndims:
-        names = methods or default_methods(ndim)
-        limit = max_pairs or (DEFAULT_3D_PAIRS if ndim == 3 else None)
-        pairs = dev_pairs(data_dir, ndim, limit)
-        rows = {}
-        for name in names:
-            if get_method(parse_variant(name)[0]).needs_weights:
-                _measure(pairs[0], name)  # warm-up: load the model and build kernels once, not timed
-            rows[name] = [_measure(pair, name) for pair in pairs]
+        with tempfile.TemporaryDirectory(prefix="warpseg-bench-") as folder:
+            if held_out_slices:
+                names = methods or held_out_methods()
+                pairs = held_out_slice_pairs(data_dir, Path(folder), max_pairs=max_pairs)
+            else:
+                names = methods or default_methods(ndim)
+                pairs = dev_pairs(data_dir, ndim, max_pairs or (DEFAULT_3D_PAIRS if ndim == 3 else None))
+            rows = {}
+            for name in names:
+                if get_method(parse_variant(name)[0]).needs_weights:
+                    _measure(pairs[0], name)  # warm-up: load the model and build kernels once, not timed
+                rows[name] = [_measure(pair, name) for pair in pairs]
         tables[ndim] = summarise(rows)
-        update_benchmarks_file(output, f"{section or 'register'}-{ndim}d", ndim, pairs, tables[ndim],
+        default_section = "held-out-slices" if held_out_slices else "register"
+        update_benchmarks_file(output, f"{section or default_section}-{ndim}d", ndim, pairs, tables[ndim],
                                machine_description())
     return tables
 
