@@ -37,6 +37,25 @@ def test_register_identity_writes_the_contract_files(pair_files, tmp_path):
     assert summary["method"] == "identity" and 0 < summary["dice_mean"] <= 1
 
 
+def test_label_maps_that_name_their_ids_otherwise_are_flagged(pair_files, tmp_path, capsys):
+    """Moving and fixed labels whose IDs mean different structures are still scored, but flagged in
+    result.json and on stderr, the same way `segment --labels` flags its reference."""
+    from warpseg.io import Volume, read_volume
+
+    named = {}
+    for key, names in (("moving_seg", {1: "CSF", 2: "White matter"}), ("fixed_seg", {1: "Cortex", 2: "white-matter"})):
+        volume = read_volume(pair_files[key], labels=True)
+        named[key] = write_volume(Volume(volume.array, volume.affine, is_labels=True, label_names=names),
+                                  tmp_path / f"named_{key}.nii.gz")
+    out = tmp_path / "out"
+    assert main(["register", str(pair_files["moving"]), str(pair_files["fixed"]), "--method", "identity",
+                 "--moving-labels", str(named["moving_seg"]), "--fixed-labels", str(named["fixed_seg"]),
+                 "--out", str(out), "--quiet"]) == 0
+    assert "1 'CSF' vs 'Cortex'" in capsys.readouterr().err
+    summary = json.loads((out / "result.json").read_text())
+    assert summary["label_names_differ"] == {"1": ["CSF", "Cortex"]} and 0 < summary["dice_mean"] <= 1
+
+
 def bad_inputs(tmp_path, files):
     """(description, argv) pairs that must fail with a one-line error."""
     four_d = tmp_path / "four_d.nii.gz"

@@ -71,7 +71,7 @@ def test_a_reference_that_names_its_labels_otherwise_is_flagged(tmp_path, atlas_
     assert main(["segment", str(paths["image"]), "--atlas", str(paths["atlas"]), "--atlas-labels",
                  str(paths["atlas_seg"]), "--labels", str(paths["ref_seg"]), "--option", "registration=identity",
                  "--out", str(tmp_path / "out"), "--quiet"]) == 0
-    assert "2 is 'middle' here but 'the core' in --labels" in capsys.readouterr().err
+    assert "2 'middle' vs 'the core'" in capsys.readouterr().err
     assert json.loads((tmp_path / "out" / "result.json").read_text())["label_names_differ"]["3"] == ["core", "middle"]
     same = run_to_end(segment(image, "atlas-propagation", atlas=(atlas_image, atlas_labels), reference=reference,
                               options={"registration": "identity"}))

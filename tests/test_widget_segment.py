@@ -48,7 +48,7 @@ def test_a_reference_naming_its_labels_otherwise_is_flagged_beside_the_scores(ma
     qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
     assert not errors
     assert "mean Dice" in widget.scores.value
-    assert f"1 {names[1]} vs Cortex" in widget.scores.value and "different structures" in widget.scores.value
+    assert f"1 {names[1]!r} vs 'Cortex'" in widget.scores.value and "different structures" in widget.scores.value
 
 
 def test_missing_atlas_labels_is_an_error_that_changes_nothing(make_napari_viewer, errors):

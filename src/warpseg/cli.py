@@ -84,6 +84,7 @@ def _run_register(args) -> int:
     result = run_to_end(job, None if args.quiet else ProgressPrinter(args.method))
     write_result(result, args.out)
     print(format_summary(result, args.out))
+    warn_if_label_names_differ(result.metrics, "give --moving-labels and --fixed-labels in one label set")
     return 0
 
 
@@ -111,12 +112,16 @@ def _run_segment(args) -> int:
     write_segmentation(result, args.out)
     scores = f"; Dice {result.metrics['dice_mean']:.3f}" if "dice_mean" in result.metrics else ""
     print(f"{result.method}: {result.seconds:.2f} s on {result.device}{scores}\nwritten to {args.out}")
-    differing = result.metrics.get("label_names_differ")
-    if differing:
-        pairs = ", ".join(f"{label} is {names[0]!r} here but {names[1]!r} in --labels" for label, names in differing.items())
-        print(f"warning: the label IDs mean different structures: {pairs}. The Dice compares them as if they "
-              "were the same; give --labels in the segmentation's label set.", file=sys.stderr)
+    warn_if_label_names_differ(result.metrics, "give --labels in the segmentation's label set")
     return 0
+
+
+def warn_if_label_names_differ(metrics: dict, what_to_do: str) -> None:
+    """Print the shared warning when the scored label maps name their IDs differently."""
+    from warpseg.metrics import label_names_warning
+
+    if metrics.get("label_names_differ"):
+        print(f"warning: {label_names_warning(metrics['label_names_differ'])}; {what_to_do}", file=sys.stderr)
 
 
 def read_atlas_arguments(args):

@@ -78,3 +78,21 @@ def label_metrics(warped_labels: np.ndarray, fixed_labels: np.ndarray,
         "hd95_mean": float(np.nanmean(hd95)) if np.isfinite(hd95).any() else float("nan"),
         "asd_mean": float(np.nanmean(asd)) if np.isfinite(asd).any() else float("nan"),
     }
+
+
+def differing_label_names(names: dict[int, str] | None, reference: dict[int, str] | None) -> dict[int, list[str]]:
+    """IDs both label maps name, but differently (case, spaces and punctuation aside): ``{id: [name,
+    reference name]}``. Dice per ID then compares different structures."""
+    def key(name: str) -> str:
+        return "".join(character for character in name.lower() if character.isalnum())
+
+    if not names or not reference:
+        return {}
+    return {int(label): [names[label], reference[label]] for label in sorted(set(names) & set(reference))
+            if key(names[label]) != key(reference[label])}
+
+
+def label_names_warning(differing: dict[int, list[str]]) -> str:
+    """What a ``label_names_differ`` entry means, in the words the CLI and the widgets share."""
+    pairs = ", ".join(f"{label} {names[0]!r} vs {names[1]!r}" for label, names in differing.items())
+    return f"the two label maps name these IDs differently ({pairs}): their Dice compares different structures"

@@ -18,6 +18,7 @@ from warpseg._plugin._widget_base import JobWidget
 from warpseg.errors import InputError, WarpsegError
 from warpseg.methods import METHODS
 from warpseg.methods.base import preview_shape
+from warpseg.metrics import label_names_warning
 
 if TYPE_CHECKING:
     import napari
@@ -155,6 +156,9 @@ class RegistrationWidget(JobWidget):
     def job_done(self, result: RegistrationResult) -> None:
         self.remove_layer(layer_name(result.method, "live"))
         self.result = result
+        differing = result.metrics.get("label_names_differ")
+        extra = 1 + len(label_names_warning(differing)) // 30 if differing else 0
+        self.reserve_lines(self.metrics, 4 + extra, wrap=bool(differing))  # the dock does not grow by itself
         self.metrics.value = describe_metrics(result)
         self.log.value = (f"{result.method}: done in {result.seconds_total:.1f} s"
                           + (" (partial result)" if result.partial else ""))
@@ -232,6 +236,8 @@ def describe_metrics(result: RegistrationResult) -> str:
     if "dice_mean" in metrics:
         lines.append(f"Dice {metrics.get('dice_before', float('nan')):.3f} → {metrics['dice_mean']:.3f}"
                      + (f" · HD95 {metrics['hd95_mean']:.2f} mm" if "hd95_mean" in metrics else ""))
+        if metrics.get("label_names_differ"):
+            lines.append(label_names_warning(metrics["label_names_differ"]))
     folds = int(np.count_nonzero(result.jacobian.array <= 0))
     lines.append(f"folds (det J ≤ 0): {folds} voxels, {metrics['folding_percent']:.3f} %")
     lines.append(f"NCC {metrics['ncc_before']:.3f} → {metrics['ncc_after']:.3f}")

@@ -14,6 +14,7 @@ from warpseg._plugin._layers import layer_to_volume, volume_to_layer_data
 from warpseg._plugin._widget_base import JobWidget
 from warpseg.errors import InputError, WarpsegError
 from warpseg.methods import METHODS, SEGMENTATION_METHODS
+from warpseg.metrics import label_names_warning
 
 if TYPE_CHECKING:
     import napari
@@ -100,10 +101,8 @@ class SegmentationWidget(JobWidget):
         self.log.value = f"{result.method}: done in {result.seconds:.1f} s"
         if "dice_mean" in metrics:
             scores, lines = f"mean Dice {metrics['dice_mean']:.3f} · HD95 {metrics['hd95_mean']:.2f} mm", 1
-            differing = metrics.get("label_names_differ")
-            if differing:
-                pairs = ", ".join(f"{label} {names[0]} vs {names[1]}" for label, names in differing.items())
-                warning = f"the reference names labels otherwise ({pairs}): these Dice compare different structures"
+            if metrics.get("label_names_differ"):
+                warning = label_names_warning(metrics["label_names_differ"])
                 scores, lines = scores + "\n" + warning, 2 + len(warning) // 30
             self.reserve_lines(self.scores, lines)  # the dock does not grow by itself
             self.scores.value = scores

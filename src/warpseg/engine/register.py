@@ -120,7 +120,7 @@ def assemble_result(moving: Volume, fixed: Volume, moving_labels: Volume | None,
     """
     import torch
 
-    from warpseg.metrics import dice_per_label, label_metrics, normalized_cross_correlation
+    from warpseg.metrics import dice_per_label, differing_label_names, label_metrics, normalized_cross_correlation
     from warpseg.spatial import folding_percent, jacobian_determinant, resample_volume
 
     field = torch.as_tensor(np.asarray(output.displacement, dtype=np.float32))[None]
@@ -138,6 +138,9 @@ def assemble_result(moving: Volume, fixed: Volume, moving_labels: Volume | None,
             spacing = tuple(float(s) for s in fixed.spacing)
             metrics["dice_before"] = float(np.mean(list(dice_per_label(before[1].array, fixed_labels.array).values())))
             metrics.update(label_metrics(warped_labels.array, fixed_labels.array, spacing))
+            differing = differing_label_names(moving_labels.label_names, fixed_labels.label_names)
+            if differing:
+                metrics["label_names_differ"] = differing
     if landmarks is not None:
         metrics.update(landmark_metrics(landmarks, np.asarray(output.displacement), fixed))
     details = dict(output.details)

@@ -58,7 +58,7 @@ def segment(image: Volume, method: str, *, atlas: tuple[Volume, Volume] | None =
     the image's grid. Closing it cancels the work.
     """
     from warpseg.engine.register import resolve_device, weights_and_options
-    from warpseg.metrics import label_metrics
+    from warpseg.metrics import differing_label_names, label_metrics
 
     started = time.perf_counter()
     check_image(image, "image")
@@ -89,18 +89,6 @@ def segment(image: Volume, method: str, *, atlas: tuple[Volume, Volume] | None =
             metrics["label_names_differ"] = differing
     return SegmentationResult(method, image, segmentation, metrics, time.perf_counter() - started, device,
                               weights, output.partial, details, others)
-
-
-def differing_label_names(names: dict[int, str] | None, reference: dict[int, str] | None) -> dict[int, list[str]]:
-    """IDs both label maps name, but differently (case, spaces and punctuation aside): ``{id: [name,
-    reference name]}``. Dice per ID then compares different structures."""
-    def key(name: str) -> str:
-        return "".join(character for character in name.lower() if character.isalnum())
-
-    if not names or not reference:
-        return {}
-    return {int(label): [names[label], reference[label]] for label in sorted(set(names) & set(reference))
-            if key(names[label]) != key(reference[label])}
 
 
 def check_atlas(atlas: tuple[Volume, Volume] | None, image: Volume) -> None:
