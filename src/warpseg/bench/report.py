@@ -24,10 +24,15 @@ def summarise(rows: dict[str, list[dict]]) -> dict[str, dict]:
         for key in ("dice_before", "dice_mean", "hd95_mean", "asd_mean", "folding_percent", "seconds"):
             values = np.array([row[key] for row in measured], dtype=float)
             entry[key] = (float(np.nanmean(values)), float(np.nanstd(values)))
-        held_out = [row["dice_mean"] for row in measured if HELD_OUT_SUBJECT in row["pair"].split("->")]
+        held_out = [row["dice_mean"] for row in measured if HELD_OUT_SUBJECT in subjects_of(row["pair"])]
         entry["dice_held_out"] = (float(np.mean(held_out)), float(np.std(held_out))) if held_out else (np.nan, 0.0)
         summary[method] = entry
     return summary
+
+
+def subjects_of(pair: str) -> list[str]:
+    """``"subjX->vxm@z101"`` to ``["subjX", "vxm"]``."""
+    return pair.split("@")[0].split("->")
 
 
 def machine_description() -> str:
