@@ -48,6 +48,18 @@ def test_held_out_slices_benchmark_is_2d_only(tmp_path, shared_data):
     assert "<!-- bench:held-out-slices-2d -->" in (tmp_path / "B.md").read_text()
 
 
+def test_methods_the_issues_compare_get_per_pair_differences(tmp_path):
+    from warpseg.bench.report import render_table
+
+    rows = {"vxm": [dict(ROW, pair="a", dice_mean=0.70), dict(ROW, pair="b", dice_mean=0.80)],
+            "pcreg-rt": [dict(ROW, pair="a", dice_mean=0.75), dict(ROW, pair="b", dice_mean=0.79)],
+            "nice-transeg": [dict(ROW, pair="a", dice_mean=0.5)]}
+    summary = summarise(rows)
+    assert summary["pcreg-rt"]["paired"] == pytest.approx(("vxm", 0.02, 0.03, 1, 2))
+    assert "paired" not in summary["vxm"] and "paired" not in summary["nice-transeg"]  # no nice-trans in this run
+    assert "pcreg-rt − vxm: +0.020 ± 0.030, higher on 1 of 2 pairs" in render_table(2, [], summary, "test machine")
+
+
 def test_missing_data_is_a_clear_error(tmp_path):
     with pytest.raises(InputError, match="--data"):
         dev_pairs(tmp_path, 2)

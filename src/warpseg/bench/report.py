@@ -13,6 +13,8 @@ TIME_BASELINES = ("ants-syn", "sitk-bspline")
 MIN_TIMED_SECONDS = 0.01  # below this (identity) a time ratio means nothing
 HELD_OUT_SUBJECT = "vxm"  # the shipped learned models never saw it in training
 MAX_LISTED_PAIRS = 12
+PAIRED_REFERENCES = {"pcreg-rt": "vxm", "brbs": "vxm", "nice-transeg": "nice-trans"}
+"""Methods the issues compare with another one on the same pairs: their per-pair Dice differences are reported."""
 HEADER = "# Benchmarks\n\nWritten by `warpseg bench`; each section is replaced by the run that measured it.\n"
 
 
@@ -27,7 +29,18 @@ def summarise(rows: dict[str, list[dict]]) -> dict[str, dict]:
         held_out = [row["dice_mean"] for row in measured if HELD_OUT_SUBJECT in subjects_of(row["pair"])]
         entry["dice_held_out"] = (float(np.mean(held_out)), float(np.std(held_out))) if held_out else (np.nan, 0.0)
         summary[method] = entry
+    for method, measured in rows.items():
+        reference = PAIRED_REFERENCES.get(method.split("[")[0])
+        if reference in rows:
+            summary[method]["paired"] = (reference, *_paired_difference(measured, rows[reference]))
     return summary
+
+
+def _paired_difference(measured: list[dict], reference: list[dict]) -> tuple[float, float, int, int]:
+    """Mean and spread of the per-pair Dice difference, pairs where ``measured`` is higher, pairs compared."""
+    theirs = {row["pair"]: row["dice_mean"] for row in reference}
+    differences = np.array([row["dice_mean"] - theirs[row["pair"]] for row in measured if row["pair"] in theirs])
+    return float(differences.mean()), float(differences.std()), int((differences > 0).sum()), len(differences)
 
 
 def subjects_of(pair: str) -> list[str]:
@@ -78,6 +91,11 @@ def render_table(ndim: int, pairs, summary: dict[str, dict], machine: str) -> st
             f"{_pm(entry['hd95_mean'], 2)} | "
             f"{_pm(entry['asd_mean'], 2)} | {entry['folding_percent'][0]:.3f} | {seconds:.3f} | {ratio} |"
         )
+    paired = [f"{method} − {reference}: {mean:+.3f} ± {spread:.3f}, higher on {wins} of {count} pairs"
+              for method, entry in summary.items() if "paired" in entry
+              for reference, mean, spread, wins, count in [entry["paired"]]]
+    if paired:
+        lines += ["", "Dice differences on the same pairs (the issues' comparisons): " + "; ".join(paired) + "."]
     return "\n".join(lines) + "\n"
 
 
