@@ -56,6 +56,15 @@ def blob_pair(shape, affine, seed: int):
     return Volume(image.astype(np.float32), affine), Volume(labels, affine, is_labels=True)
 
 
+def rename_label(layer, label: int, name: str) -> dict:
+    """Name ``label`` of a napari Labels layer otherwise (as a map of another label set would); the old names."""
+    from warpseg._plugin._layers import LABEL_NAMES_KEY
+
+    names = layer.metadata[LABEL_NAMES_KEY]
+    layer.metadata[LABEL_NAMES_KEY] = {**names, label: name}
+    return names
+
+
 def drive(job):
     """Run a method's generator to its end; return (records, output)."""
     records = []

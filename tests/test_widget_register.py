@@ -7,6 +7,8 @@ import time
 import numpy as np
 import pytest
 
+from conftest import rename_label
+
 pytestmark = pytest.mark.gui
 
 FAST_DEMONS = "iterations=20,10,5 affine_iterations=20"
@@ -59,19 +61,16 @@ def test_registering_the_2d_sample_adds_every_view_on_the_fixed_grid(make_napari
 
 def test_label_layers_that_name_their_ids_otherwise_are_flagged_beside_the_dice(make_napari_viewer, qtbot,
                                                                                   sample_cache, errors):
-    from warpseg._plugin._layers import LABEL_NAMES_KEY
-
     viewer = make_napari_viewer()
     widget = open_widget(viewer)
-    names = viewer.layers["fixed labels"].metadata[LABEL_NAMES_KEY]
-    viewer.layers["fixed labels"].metadata[LABEL_NAMES_KEY] = {**names, 1: "Cortex"}
+    names = rename_label(viewer.layers["fixed labels"], 1, "Cortex")
     widget.method.value = "identity"
     widget.start()
     wait_until_idle(qtbot, widget)
     assert not errors
     assert "Dice" in widget.metrics.value
     assert f"1 {names[1]!r} vs 'Cortex'" in widget.metrics.value and "different structures" in widget.metrics.value
-    viewer.layers["fixed labels"].metadata[LABEL_NAMES_KEY] = names
+    rename_label(viewer.layers["fixed labels"], 1, names[1])
     widget.start()
     wait_until_idle(qtbot, widget)
     assert "different structures" not in widget.metrics.value

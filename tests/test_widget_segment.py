@@ -4,6 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import rename_label
+
 pytestmark = pytest.mark.gui
 
 
@@ -37,12 +39,9 @@ def test_atlas_propagation_adds_a_named_label_layer_and_a_dice_table(make_napari
 
 def test_a_reference_naming_its_labels_otherwise_is_flagged_beside_the_scores(make_napari_viewer, qtbot,
                                                                               sample_cache, errors):
-    from warpseg._plugin._layers import LABEL_NAMES_KEY
-
     viewer = make_napari_viewer()
     widget = open_widget(viewer)
-    names = viewer.layers["fixed labels"].metadata[LABEL_NAMES_KEY]
-    viewer.layers["fixed labels"].metadata[LABEL_NAMES_KEY] = {**names, 1: "Cortex"}
+    names = rename_label(viewer.layers["fixed labels"], 1, "Cortex")
     widget.registration.value = "identity"
     widget.start()
     qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
