@@ -71,7 +71,7 @@ def held_out_slice_pairs(data_dir: Path, folder: Path, held_out: str = "vxm",
     missing = [s for s in SUBJECTS if not (data_dir / STACK_FILES[0].format(s)).exists()]
     if missing:
         raise InputError(f"{data_dir}: slice stacks of {', '.join(missing)} not found; pass --data ../shared/data")
-    slices: dict[tuple[str, int], tuple[Path, Path]] = {}
+    files: dict[tuple[str, str, int], Path] = {}
     for subject in SUBJECTS:
         for kind, pattern in zip(("norm", "seg4"), STACK_FILES):
             stack = nib.load(str(data_dir / pattern.format(subject)))
@@ -79,18 +79,13 @@ def held_out_slice_pairs(data_dir: Path, folder: Path, held_out: str = "vxm",
             for index in range(data.shape[2]):
                 affine = stack.affine.copy()
                 affine[:3, 3] += affine[:3, 2] * index
-                path = folder / f"{subject}_z{STACK_FIRST_Z + index:03d}_{kind}.nii.gz"
-                nib.save(nib.Nifti1Image(data[:, :, index: index + 1], affine), str(path))
-                image, labels = slices.get((subject, index), (None, None))
-                slices[(subject, index)] = (path, labels) if kind == "norm" else (image, path)
-    others = [s for s in SUBJECTS if s != held_out]
-    pairs = []
-    for (subject, index), _ in sorted(slices.items(), key=lambda item: item[0][1]):
-        if subject != held_out:
-            continue
-        for other in others:
+                files[subject, kind, index] = folder / f"{subject}_z{STACK_FIRST_Z + index:03d}_{kind}.nii.gz"
+                nib.save(nib.Nifti1Image(data[:, :, index: index + 1], affine), str(files[subject, kind, index]))
+    pairs, slice_count = [], data.shape[2]  # every stack holds the same slices z=90..130
+    for index in range(slice_count):
+        for other in (s for s in SUBJECTS if s != held_out):
             for moving, fixed in ((held_out, other), (other, held_out)):
-                (m_image, m_labels), (f_image, f_labels) = slices[(moving, index)], slices[(fixed, index)]
-                pairs.append(DevPair(f"{moving}->{fixed}@z{STACK_FIRST_Z + index}", m_image, m_labels,
-                                     f_image, f_labels))
+                pairs.append(DevPair(f"{moving}->{fixed}@z{STACK_FIRST_Z + index}", files[moving, "norm", index],
+                                     files[moving, "seg4", index], files[fixed, "norm", index],
+                                     files[fixed, "seg4", index]))
     return pairs[:max_pairs] if max_pairs else pairs
