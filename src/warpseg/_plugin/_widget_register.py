@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 DEFAULT_METHOD = "sitk-demons"
 FLICKER_MS = 600
 PREVIEW_DELAY_MS = 40  # a preview fills the live layer this long after its progress record is drawn
+METRICS_LINES = 5  # room for describe_metrics's four lines: with only four the last is clipped in the dock
 
 
 class RegistrationWidget(JobWidget):
@@ -55,7 +56,7 @@ class RegistrationWidget(JobWidget):
                      self.save_button])
         self.reserve_lines(self.about, 4)
         self.reserve_lines(self.log, 2)
-        self.reserve_lines(self.metrics, 4, wrap=False)
+        self.reserve_lines(self.metrics, METRICS_LINES, wrap=False)
         self.result: RegistrationResult | None = None
         self._running_method, self._running_fixed, self._refines = DEFAULT_METHOD, None, False
         self._flicker_timer = None
@@ -158,7 +159,7 @@ class RegistrationWidget(JobWidget):
         self.result = result
         differing = result.metrics.get("label_names_differ")
         extra = 1 + len(label_names_warning(differing)) // 30 if differing else 0
-        self.reserve_lines(self.metrics, 4 + extra, wrap=bool(differing))  # the dock does not grow by itself
+        self.reserve_lines(self.metrics, METRICS_LINES + extra, wrap=bool(differing))  # the dock does not grow by itself
         self.metrics.value = describe_metrics(result)
         self.log.value = (f"{result.method}: done in {result.seconds_total:.1f} s"
                           + (" (partial result)" if result.partial else ""))
