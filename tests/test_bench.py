@@ -42,10 +42,13 @@ def test_held_out_slices_benchmark_is_2d_only(tmp_path, shared_data):
     tables = run_benchmark(shared_data, methods=["identity"], ndims=[2], max_pairs=4, output=tmp_path / "B.md",
                            held_out_slices=True)
     assert tables[2]["identity"]["pairs"] == 4
+    assert "<!-- bench:held-out-slices-2d -->" in (tmp_path / "B.md").read_text()
+
+
+def test_slice_pairs_count_as_held_out_whichever_side_the_held_out_subject_is_on():
     rows = [dict(ROW, pair=name, dice_mean=dice) for name, dice in
             (("subjX->vxm@z90", 0.6), ("vxm->subjX@z90", 0.8), ("subjX->subjY", 0.1))]
     assert summarise({"m": rows})["m"]["dice_held_out"][0] == pytest.approx(0.7)
-    assert "<!-- bench:held-out-slices-2d -->" in (tmp_path / "B.md").read_text()
 
 
 def test_methods_the_issues_compare_get_per_pair_differences(tmp_path):
