@@ -59,6 +59,21 @@ def test_registering_the_2d_sample_adds_every_view_on_the_fixed_grid(make_napari
     assert len(viewer.layers) == count
 
 
+def test_a_joint_method_adds_its_named_segmentations_on_their_images_grids(make_napari_viewer, qtbot, sample_cache,
+                                                                          errors):
+    viewer = make_napari_viewer()
+    widget = open_widget(viewer)
+    widget.method.value = "pcreg-rt"
+    widget.start()
+    wait_until_idle(qtbot, widget)
+    assert not errors
+    for name, image in (("fixed segmentation", "fixed"), ("moving segmentation", "moving")):
+        layer = viewer.layers[f"pcreg-rt: {name}"]
+        assert type(layer).__name__ == "Labels" and layer.data.shape == viewer.layers[image].data.shape
+        assert np.allclose(layer.affine.affine_matrix, viewer.layers[image].affine.affine_matrix)
+        assert "name" in layer.features and len(set(layer.features["name"]) - {""}) >= 3
+
+
 def test_label_layers_that_name_their_ids_otherwise_are_flagged_beside_the_dice(make_napari_viewer, qtbot,
                                                                                   sample_cache, errors):
     viewer = make_napari_viewer()

@@ -57,6 +57,9 @@ def result_layers(result: RegistrationResult) -> list[tuple]:
     ]
     if result.warped_labels is not None:
         layers.insert(1, volume_to_layer_data(result.warped_labels, layer_name(method, "warped labels"), opacity=0.4))
+    for name, volume in sorted(result.segmentations.items()):  # joint methods: their own label maps, named
+        layers.append(volume_to_layer_data(volume, layer_name(method, name.replace("_", " ")), opacity=0.4,
+                                           visible=False))
     if fixed.ndim == 3:
         layers.append((lattice_vectors(result), _vector_attributes(fixed, layer_name(method, "lattice"),
                                                                     "yellow", visible=False), "vectors"))
