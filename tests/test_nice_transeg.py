@@ -192,3 +192,46 @@ def test_warm_start_from_nice_trans_registers_exactly_as_nice_trans(tmp_path):
         expected, got = source.eval()(moving, fixed), target.eval()(moving, fixed)
     assert torch.allclose(expected["displacement"], got["displacement"], atol=1e-5)
     assert expected["displacement"].abs().max() > 0.01
+
+
+def test_frozen_registration_keeps_the_warm_start_field_while_the_branches_learn(tmp_path):
+    from warpseg.learning.losses import SegmentationLoss
+    from warpseg.learning.warm_start import initialise_from
+
+    torch.manual_seed(0)
+    source = NiceTrans(ndim=2, channels=TINY[2])
+    for parameter in source.parameters():
+        parameter.data.add_(0.05 * torch.randn_like(parameter))
+    path = save_checkpoint(tmp_path / "nice-trans.pt", method="nice-trans", model=source, preprocessing={},
+                           training={})
+    model = tiny_transeg(2)
+    initialise_from(model, path)
+    assert model.freeze_registration() > 0
+    branches = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+    assert branches and all(name.split(".")[0] in ("moving_branch", "fixed_branch") for name in branches)
+    optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    image, labels = blob_pair((32, 32), np.eye(4), 1)
+    image, labels = torch.as_tensor(image.array)[None, None], torch.as_tensor(labels.array).long()[None, None]
+    for _ in range(3):
+        outputs = model(image, image)
+        total = sum(sum(SegmentationLoss()(outputs[key], labels).values())
+                    for key in ("moving_segmentation", "fixed_segmentation"))
+        total = total - outputs["displacement"].abs().mean()  # a registration term: must not move anything
+        optimiser.zero_grad()
+        total.backward()
+        optimiser.step()
+    assert any(not torch.equal(p, branches[name]) for name, p in model.named_parameters() if name in branches)
+    moving, fixed = torch.rand(1, 1, 32, 32), torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(source.eval()(moving, fixed)["displacement"],
+                              model.eval()(moving, fixed)["displacement"], atol=1e-5)
+
+
+def test_freezing_the_registration_needs_nice_transeg_and_trained_weights(tmp_path, capsys):
+    from warpseg.cli import main
+
+    for method, extra in (("nice-transeg", []), ("seg-unet", ["--init-from", "w0.pt"])):
+        assert main(["train", method, "--ndim", "2", "--freeze-registration", "--steps", "1",
+                     "--out", str(tmp_path / "w.pt"), *extra]) != 0
+        assert "--freeze-registration applies to nice-transeg started from trained weights" in capsys.readouterr().err
+    assert not (tmp_path / "w.pt").exists()

@@ -224,6 +224,9 @@ def _add_train(commands) -> None:
                          help="nice-transeg and pcreg-rt with one atlas (K = 1): share of steps pairing the atlas "
                               "with an augmented copy of itself, a fixed side with known labels (nice-transeg) or "
                               "with pseudo-labels that are nearly right (pcreg-rt) (default 0)")
+    command.add_argument("--freeze-registration", action="store_true",
+                         help="nice-transeg: train the segmentation branches only; the encoder, affine step and "
+                              "registration decoder keep their --init-from weights (a warm-up on small budgets)")
     command.add_argument("--label-maps", type=int, default=15, help="SynthSeg label maps used for synthetic images")
     command.add_argument("--spacing", type=float, default=None,
                          help="3D training grid spacing in mm (default 2; coarser trains faster, recorded in the checkpoint)")
@@ -257,6 +260,10 @@ def _run_train(args) -> int:
     if args.self_pairs and args.method not in SELF_PAIRING_METHODS:
         raise WarpsegError(f"--self-pairs applies to {' and '.join(SELF_PAIRING_METHODS)} (the methods that learn "
                            f"from the fixed side's labels or pseudo-labels), not to {args.method}; leave it out")
+    if args.freeze_registration and (args.method != "nice-transeg" or not (args.init_from or args.resume)):
+        raise WarpsegError("--freeze-registration applies to nice-transeg started from trained weights "
+                           "(--init-from a nice-trans or nice-transeg checkpoint, or --resume); add --init-from or "
+                           "leave it out")
     if args.validation_subjects:
         validation = tuple(args.validation_subjects.split(","))
     else:
@@ -270,7 +277,8 @@ def _run_train(args) -> int:
         label_maps=args.label_maps, spacing=args.spacing, device=resolve_device(args.device),
         model_options=parse_options(args.model_option), labels=args.labels, shots=shots,
         segmentation_weight=args.segmentation_weight, consistency_weight=args.consistency_weight,
-        self_pairs=args.self_pairs, init_from=str(args.init_from) if args.init_from else None)
+        self_pairs=args.self_pairs, init_from=str(args.init_from) if args.init_from else None,
+        freeze_registration=args.freeze_registration)
     printer = ProgressPrinter(f"train {args.method}", 5.0) if is_main_process() else None
     path = run_to_end(train_registration(config, args.out, resume=args.resume, distributed=args.distributed), printer)
     if is_main_process():

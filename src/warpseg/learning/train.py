@@ -50,6 +50,7 @@ class TrainingConfig:
     consistency_weight: float = 1.0  # Dice(S_F, S_M o phi)
     self_pairs: float = 0.0  # K = 1: share of steps pairing the atlas with an augmented copy of itself
     init_from: str | None = None  # checkpoint(s), comma-separated, to warm-start from (learning/warm_start.py)
+    freeze_registration: bool = False  # nice-transeg: train the segmentation branches only
 
 
 @dataclass
@@ -131,7 +132,9 @@ def _train(config: TrainingConfig, out: Path, resume: bool, context) -> Generato
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(rank_seed(config.seed, rank))
     model = new_model(config.method, config.ndim, **{**task.model_options, **config.model_options}).to(device)
-    optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    if config.freeze_registration:
+        model.freeze_registration()
+    optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate)
     state_file = out.with_suffix(".state.pt")
     history, step = [], 0
     if resume and state_file.exists():

@@ -103,6 +103,19 @@ class NiceTranseg(NiceTrans):
         """Constructor arguments: ``NiceTranseg(**model.config)`` rebuilds this architecture."""
         return {**super().config, "num_labels": self.num_labels, "branch_swin_from": self.branch_swin_from}
 
+    def freeze_registration(self) -> int:
+        """Stop training everything but the segmentation branches; returns how many tensors were frozen.
+
+        The encoder, the affine step and the registration decoder (with its fuse weights on the
+        branches' features: zeros after a warm start from NICE-Trans) keep their values, so the field is
+        the warm start's while the branches learn.
+        """
+        branches = {id(p) for branch in (self.moving_branch, self.fixed_branch) for p in branch.parameters()}
+        frozen = [p for p in self.parameters() if id(p) not in branches]
+        for parameter in frozen:
+            parameter.requires_grad_(False)
+        return len(frozen)
+
     def fuse_width(self, width: int, state: int) -> int:
         """The registration fuse also takes the fixed and the warped moving segmentation features."""
         return 4 * width + state
