@@ -42,7 +42,8 @@ def test_held_out_slices_benchmark_is_2d_only(tmp_path, shared_data):
     tables = run_benchmark(shared_data, methods=["identity"], ndims=[2], max_pairs=4, output=tmp_path / "B.md",
                            held_out_slices=True)
     assert tables[2]["identity"]["pairs"] == 4
-    assert "<!-- bench:held-out-slices-2d -->" in (tmp_path / "B.md").read_text()
+    text = (tmp_path / "B.md").read_text()
+    assert "<!-- bench:held-out-slices-2d -->" in text and "## Registration, 2D held-out slice pairs" in text
 
 
 def test_slice_pairs_count_as_held_out_whichever_side_the_held_out_subject_is_on():

@@ -65,12 +65,14 @@ def machine_description() -> str:
             f"({torch.get_num_threads()} threads), Python {platform.python_version()}")
 
 
-def render_table(ndim: int, pairs, summary: dict[str, dict], machine: str) -> str:
-    """A Markdown section: one row per method, time as a ratio to the slowest classical baseline."""
+def render_table(ndim: int, pairs, summary: dict[str, dict], machine: str, pairs_kind: str = "dev pairs") -> str:
+    """A Markdown section: one row per method, time as a ratio to the slowest classical baseline.
+
+    ``pairs_kind`` names the pairs in the title ("dev pairs", "held-out slice pairs")."""
     baseline = next((name for name in TIME_BASELINES if name in summary), None)
     today = datetime.date.today().isoformat()
     lines = [
-        f"## Registration, {ndim}D dev pairs (seg4 labels)",
+        f"## Registration, {ndim}D {pairs_kind} (seg4 labels)",
         "",
         f"Run {today} on {machine}. Pairs: {describe_pairs(pairs)}. "
         "Dice: mean over labels present in the fixed map; HD95/ASD in mm; fold: % voxels with det(J) <= 0; "
@@ -107,9 +109,10 @@ def describe_pairs(pairs) -> str:
     return f"{len(names)} pairs ({', '.join(names[:4])}, …, {names[-1]})"
 
 
-def update_benchmarks_file(path: Path, key: str, ndim: int, pairs, summary, machine: str) -> None:
+def update_benchmarks_file(path: Path, key: str, ndim: int, pairs, summary, machine: str,
+                           pairs_kind: str = "dev pairs") -> None:
     """Replace (or append) the registration section ``key`` of the benchmarks file."""
-    replace_section(path, key, render_table(ndim, pairs, summary, machine))
+    replace_section(path, key, render_table(ndim, pairs, summary, machine, pairs_kind))
 
 
 READING_HEADING = "## Reading these tables"

@@ -90,7 +90,7 @@ def run_benchmark(data_dir: Path | None, *, methods: list[str] | None = None, nd
         tables[ndim] = summarise(rows)
         default_section = "held-out-slices" if held_out_slices else "register"
         update_benchmarks_file(output, f"{section or default_section}-{ndim}d", ndim, pairs, tables[ndim],
-                               machine_description())
+                               machine_description(), "held-out slice pairs" if held_out_slices else "dev pairs")
     return tables
 
 
