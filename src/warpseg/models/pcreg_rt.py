@@ -75,7 +75,8 @@ class PcRegRt(nn.Module):
         if method != "vxm":
             return source
         adapted = {f"correspondence.{name}": weights for name, weights in source.items()}
-        first = "correspondence.encoder.0.0.weight"
+        first = "correspondence." + next(name for name, weights in self.correspondence.named_parameters()
+                                         if weights.dim() == self.ndim + 2)  # the input conv's kernel
         kernel = adapted.get(first)
         if kernel is not None and kernel.shape[1] == 2:
             spread = kernel.new_zeros((kernel.shape[0], 2 * (1 + self.num_labels), *kernel.shape[2:]))
