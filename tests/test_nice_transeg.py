@@ -235,3 +235,16 @@ def test_freezing_the_registration_needs_nice_transeg_and_trained_weights(tmp_pa
                      "--out", str(tmp_path / "w.pt"), *extra]) != 0
         assert "--freeze-registration applies to nice-transeg started from trained weights" in capsys.readouterr().err
     assert not (tmp_path / "w.pt").exists()
+
+
+@pytest.mark.parametrize("labels", ["seg4", "seg35"])
+def test_shipped_3d_weights_register_exactly_as_the_3d_nice_trans_they_started_from(labels):
+    """The 3D weights trained their segmentation branches only (``--freeze-registration``, README)."""
+    transeg, _ = load_checkpoint(METHODS["nice-transeg"](labels=labels).weights_path(3))
+    trans, _ = load_checkpoint(METHODS["nice-trans"]().weights_path(3))
+    torch.manual_seed(0)
+    moving, fixed = torch.rand(1, 1, 32, 32, 32), torch.rand(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        expected, got = trans.eval()(moving, fixed), transeg.eval()(moving, fixed)
+    assert got["fixed_segmentation"].shape[1] == transeg.num_labels
+    assert torch.allclose(expected["displacement"], got["displacement"], atol=1e-5)
