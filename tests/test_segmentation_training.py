@@ -117,6 +117,20 @@ def test_self_pairs_are_refused_where_nothing_would_use_them(tmp_path, shared_da
     assert not (tmp_path / "w.pt").exists()
 
 
+def test_resuming_a_frozen_run_without_the_flag_is_refused_and_the_checkpoint_kept(tmp_path, shared_data, capsys):
+    from warpseg.methods import METHODS
+
+    out = tmp_path / "w.pt"
+    common = ["train", "nice-transeg", "--ndim", "2", "--data", str(shared_data), "--validate-every", "1",
+              "--out", str(out)]
+    assert main([*common, "--steps", "1", "--freeze-registration",
+                 "--init-from", str(METHODS["nice-trans"]().weights_path(2))]) == 0
+    written = out.read_bytes()
+    assert main([*common, "--steps", "2", "--resume"]) != 0
+    assert "resume with the options it started with (--freeze-registration or not)" in capsys.readouterr().err
+    assert out.read_bytes() == written
+
+
 @pytest.mark.parametrize("method,steps", [("seg-unet", 10), ("nice-transeg", 4)])
 def test_train_then_segment_writes_the_checkpoint_label_ids_and_names(tmp_path, shared_data, method, steps):
     weights = tmp_path / f"{method}.pt"

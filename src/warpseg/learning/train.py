@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from warpseg.errors import InputError
 from warpseg.learning.checkpoint import save_checkpoint
 from warpseg.learning.data import NUM_SEG4, RegistrationData
 from warpseg.learning.losses import RegistrationLoss, one_hot
@@ -181,7 +182,11 @@ def _resume(state_file: Path, model, optimiser, generator: torch.Generator, rank
     """
     state = torch.load(state_file, map_location="cpu", weights_only=False)
     model.load_state_dict(state["model"])
-    optimiser.load_state_dict(state["optimiser"])
+    try:
+        optimiser.load_state_dict(state["optimiser"])
+    except ValueError as error:
+        raise InputError(f"{state_file} was saved by a run that trained other parameters ({error}); resume with the "
+                         "options it started with (--freeze-registration or not)") from error
     generators = state.get("generators") or [state["generator"]]
     if rank < len(generators):
         generator.set_state(generators[rank])
