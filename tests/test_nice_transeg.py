@@ -45,6 +45,20 @@ def tiny_segmentation_checkpoint(path, model, spacing=None):
                            extra=extra)
 
 
+def warm_started_transeg(tmp_path) -> tuple[NiceTrans, NiceTranseg, dict]:
+    """A tiny trained-looking NICE-Trans, a NICE-Transeg warm-started from its checkpoint, and the copy counts."""
+    from warpseg.learning.warm_start import initialise_from
+
+    torch.manual_seed(0)
+    source = NiceTrans(ndim=2, channels=TINY[2])
+    for parameter in source.parameters():  # move away from the (identity) initialisation
+        parameter.data.add_(0.05 * torch.randn_like(parameter))
+    path = save_checkpoint(tmp_path / "nice-trans.pt", method="nice-trans", model=source, preprocessing={},
+                           training={})
+    target = tiny_transeg(2)
+    return source, target, initialise_from(target, path)
+
+
 @pytest.mark.parametrize("ndim,shape", [(2, (48, 80)), (3, (12, 20, 28))])
 def test_one_pass_gives_the_field_and_both_segmentations(ndim, shape):
     model = tiny_transeg(ndim, num_labels=5)
@@ -176,16 +190,7 @@ def test_labels_map_back_with_the_checkpoint_label_ids():
 
 def test_warm_start_from_nice_trans_registers_exactly_as_nice_trans(tmp_path):
     """Copied and zero-widened weights: the new segmentation inputs of the fuse convs contribute nothing."""
-    from warpseg.learning.warm_start import initialise_from
-
-    torch.manual_seed(0)
-    source = NiceTrans(ndim=2, channels=TINY[2])
-    for parameter in source.parameters():  # move away from the (identity) initialisation
-        parameter.data.add_(0.05 * torch.randn_like(parameter))
-    path = save_checkpoint(tmp_path / "nice-trans.pt", method="nice-trans", model=source, preprocessing={},
-                           training={})
-    target = tiny_transeg(2)
-    counts = initialise_from(target, path)
+    source, target, counts = warm_started_transeg(tmp_path)
     assert counts["copied"] > 0 and counts["widened"] == len(TINY[2]) and counts["fresh"] > 0
     moving, fixed = torch.rand(1, 1, 32, 32), torch.rand(1, 1, 32, 32)
     with torch.no_grad():
@@ -196,16 +201,8 @@ def test_warm_start_from_nice_trans_registers_exactly_as_nice_trans(tmp_path):
 
 def test_frozen_registration_keeps_the_warm_start_field_while_the_branches_learn(tmp_path):
     from warpseg.learning.losses import SegmentationLoss
-    from warpseg.learning.warm_start import initialise_from
 
-    torch.manual_seed(0)
-    source = NiceTrans(ndim=2, channels=TINY[2])
-    for parameter in source.parameters():
-        parameter.data.add_(0.05 * torch.randn_like(parameter))
-    path = save_checkpoint(tmp_path / "nice-trans.pt", method="nice-trans", model=source, preprocessing={},
-                           training={})
-    model = tiny_transeg(2)
-    initialise_from(model, path)
+    source, model, _ = warm_started_transeg(tmp_path)
     assert model.freeze_registration() > 0
     branches = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
     assert branches and all(name.split(".")[0] in ("moving_branch", "fixed_branch") for name in branches)

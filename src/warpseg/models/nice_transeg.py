@@ -110,11 +110,10 @@ class NiceTranseg(NiceTrans):
         branches' features: zeros after a warm start from NICE-Trans) keep their values, so the field is
         the warm start's while the branches learn.
         """
-        branches = {id(p) for branch in (self.moving_branch, self.fixed_branch) for p in branch.parameters()}
-        frozen = [p for p in self.parameters() if id(p) not in branches]
-        for parameter in frozen:
-            parameter.requires_grad_(False)
-        return len(frozen)
+        self.requires_grad_(False)
+        for branch in (self.moving_branch, self.fixed_branch):
+            branch.requires_grad_(True)
+        return sum(not parameter.requires_grad for parameter in self.parameters())
 
     def fuse_width(self, width: int, state: int) -> int:
         """The registration fuse also takes the fixed and the warped moving segmentation features."""
