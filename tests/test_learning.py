@@ -9,7 +9,10 @@ from warpseg.errors import InputError
 from warpseg.io import Volume
 from warpseg.learning.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from warpseg.learning.losses import RegistrationLoss, one_hot, soft_dice
-from warpseg.learning.preprocess import Preprocessing, field_to_native_grid, image_to_model_grid, plan_grid
+from warpseg.learning.preprocess import (
+    Preprocessing, field_to_native_grid, image_to_model_grid, labels_on_native_grid, plan_grid,
+    probabilities_to_native_grid,
+)
 from warpseg.learning.registry import new_model
 
 TINY = {"nice-trans": {"channels": (4, 8, 8, 8, 8)}, "vxm": {"encoder": (4, 8, 8, 8), "decoder": (8, 8, 8, 8, 8, 4, 4)}}
@@ -40,6 +43,25 @@ def test_a_model_grid_translation_maps_back_in_native_voxels():
     assert 1.9 < native_voxels < 2.2
     assert torch.allclose(native[:, 0], torch.full_like(native[:, 0], native_voxels), atol=1e-5)
     assert torch.allclose(native[:, 1], torch.zeros_like(native[:, 1]))
+
+
+
+@pytest.mark.parametrize("native, spacing", [((37, 30, 23), (1.0, 1.3, 2.5)), ((41, 29), (1.0, 1.0))])
+def test_labels_on_the_native_grid_are_the_argmax_of_the_resized_probabilities(native, spacing):
+    """The boundary-only interpolation gives the full resize's argmax wherever the top two classes differ."""
+    grid = plan_grid(native, spacing, Preprocessing(target_spacing=3.0, size_multiple=8))
+    assert all(r < n for r, n in zip(grid.resized_shape, native))
+    torch.manual_seed(0)
+    coarse = torch.randn(1, 6, *(max(2, size // 3) for size in grid.padded_shape), dtype=torch.float64)
+    probabilities = torch.softmax(4 * torch.nn.functional.interpolate(
+        coarse, size=grid.padded_shape, mode="bilinear" if len(native) == 2 else "trilinear"), dim=1)
+    resized = probabilities_to_native_grid(probabilities, grid)[0]
+    top_two = resized.topk(2, dim=0).values
+    clear = (top_two[0] - top_two[1]) > 1e-9
+    labels = labels_on_native_grid(probabilities, grid)
+    assert labels.shape == native and len(labels.unique()) == 6
+    assert clear.float().mean() > 0.999
+    assert torch.equal(labels[clear], resized.argmax(0)[clear])
 
 
 @pytest.mark.parametrize("method", ["nice-trans", "vxm"])

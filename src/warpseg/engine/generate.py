@@ -49,10 +49,10 @@ class GenerationSource:
 
     def volumes(self, image: torch.Tensor, soft_labels: torch.Tensor, names) -> tuple[Volume, Volume]:
         """An image ``(1, 1, *P)`` and soft labels ``(1, L, *P)`` as volumes on the output grid."""
-        from warpseg.learning.preprocess import probabilities_to_native_grid
+        from warpseg.learning.preprocess import labels_on_native_grid, probabilities_to_native_grid
 
         array = probabilities_to_native_grid(image, self.grid)[0, 0].cpu().numpy().astype(np.float32)
-        labels = probabilities_to_native_grid(soft_labels, self.grid).argmax(1)[0].cpu().numpy()
+        labels = labels_on_native_grid(soft_labels, self.grid).cpu().numpy()
         labels = labels.astype(np.uint8 if soft_labels.shape[1] <= 256 else np.int16)
         return Volume(array, self.affine), Volume(labels, self.affine, is_labels=True, label_names=names)
 

@@ -1,6 +1,7 @@
 """Bringing any input grid to a model's grid and the model's field back to the input grid."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -108,3 +109,60 @@ def probabilities_to_native_grid(probabilities: torch.Tensor, grid: GridMap) -> 
     if grid.resized_shape == grid.native_shape:
         return cropped
     return _resize(cropped, grid.native_shape, "linear")
+
+
+def labels_on_native_grid(probabilities: torch.Tensor, grid: GridMap, chunk: int = 65536) -> torch.Tensor:
+    """The argmax of :func:`probabilities_to_native_grid`, without resizing every class everywhere.
+
+    Linear interpolation weights are non-negative, so where all corners of a model-grid cell share
+    their argmax, every native voxel inside the cell has that argmax too. Only voxels in cells whose
+    corners disagree (label boundaries, about an eighth of a brain) are interpolated, a chunk at a time.
+
+    Shapes
+    ------
+    probabilities: ``(1, L, *padded_shape)``; returns ``native_shape`` (int64).
+    """
+    cropped = grid.crop(probabilities)[0]
+    coarse = cropped.argmax(0)
+    if grid.resized_shape == grid.native_shape:
+        return coarse
+    starts, weights = zip(*(_linear_taps(n, r, cropped.device)
+                            for n, r in zip(grid.native_shape, grid.resized_shape)))
+    corners = [coarse[tuple(slice(bit, size - 1 + bit) for bit, size in zip(bits, coarse.shape))]
+               for bits in _corner_offsets(coarse.ndim)]
+    mixed_cells = torch.stack([corner != corners[0] for corner in corners[1:]]).any(0)
+    labels, mixed = (_take_along_axes(cells, starts) for cells in (coarse, mixed_cells))
+    by_cell = cropped.reshape(cropped.shape[0], -1).T  # (cells, L): one gather per corner
+    flat_labels = labels.view(-1)
+    for block in mixed.view(-1).nonzero()[:, 0].split(chunk):
+        voxel = [(block // stride) % size for stride, size in zip(labels.stride(), labels.shape)]
+        cell = sum(start[index] * stride for start, index, stride in zip(starts, voxel, coarse.stride()))
+        upper = [weight[index] for weight, index in zip(weights, voxel)]
+        lower = [1 - weight for weight in upper]
+        blended = torch.zeros(len(block), cropped.shape[0], dtype=cropped.dtype, device=cropped.device)
+        for bits in _corner_offsets(coarse.ndim):
+            weight = math.prod(u if bit else l for bit, u, l in zip(bits, upper, lower))
+            offset = sum(bit * stride for bit, stride in zip(bits, coarse.stride()))
+            blended.addcmul_(weight[:, None], by_cell[cell + offset])
+        flat_labels[block] = blended.argmax(1)
+    return labels
+
+
+def _linear_taps(native: int, resized: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per native index along one axis: the lower model-grid neighbour and the weight of the upper one
+    (``align_corners=True``, as :func:`_resize`)."""
+    position = torch.arange(native, dtype=torch.float64, device=device) * ((resized - 1) / max(native - 1, 1))
+    start = position.floor().long().clamp(max=resized - 2)
+    return start, (position - start).float()
+
+
+def _take_along_axes(array: torch.Tensor, indices) -> torch.Tensor:
+    """``array[i0][:, i1]...``: the entry of each native voxel's cell, one axis at a time."""
+    for axis, index in enumerate(indices):
+        array = array.index_select(axis, index)
+    return array
+
+
+def _corner_offsets(ndim: int) -> list[tuple[int, ...]]:
+    """The ``2**ndim`` corners of a cell as 0/1 offsets."""
+    return [tuple((index >> axis) & 1 for axis in range(ndim)) for index in range(2 ** ndim)]

@@ -113,14 +113,14 @@ def to_model_grid(array: np.ndarray, grid, device: str):
 def labels_to_native_grid(logits, grid) -> np.ndarray:
     """Label logits ``(1, L, *padded_shape)`` to a label map ``native_shape``.
 
-    Softmax probabilities are resized linearly to the native grid, then the argmax is taken.
+    The argmax of the softmax probabilities resized linearly to the native grid (computed only
+    where it can differ from the model grid's argmax).
     """
     import torch
 
-    from warpseg.learning.preprocess import probabilities_to_native_grid
+    from warpseg.learning.preprocess import labels_on_native_grid
 
-    probabilities = probabilities_to_native_grid(torch.softmax(logits.float(), dim=1), grid)
-    labels = probabilities.argmax(dim=1)[0].cpu().numpy()
+    labels = labels_on_native_grid(torch.softmax(logits.float(), dim=1), grid).cpu().numpy()
     return labels.astype(np.uint8 if logits.shape[1] <= 256 else np.int16)
 
 
