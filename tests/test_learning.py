@@ -10,7 +10,7 @@ from warpseg.io import Volume
 from warpseg.learning.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from warpseg.learning.losses import RegistrationLoss, one_hot, soft_dice
 from warpseg.learning.preprocess import (
-    Preprocessing, field_to_native_grid, image_to_model_grid, labels_on_native_grid, plan_grid,
+    Preprocessing, class_argmax, field_to_native_grid, image_to_model_grid, labels_on_native_grid, plan_grid,
     probabilities_to_native_grid,
 )
 from warpseg.learning.registry import new_model
@@ -62,6 +62,12 @@ def test_labels_on_the_native_grid_are_the_argmax_of_the_resized_probabilities(n
     assert labels.shape == native and len(labels.unique()) == 6
     assert clear.float().mean() > 0.999
     assert torch.equal(labels[clear], resized.argmax(0)[clear])
+
+
+
+def test_class_argmax_is_torch_argmax_ties_included():
+    scores = torch.randint(0, 3, (6, 9, 7, 5)).float()  # many ties
+    assert torch.equal(class_argmax(scores), scores.argmax(0))
 
 
 @pytest.mark.parametrize("method", ["nice-trans", "vxm"])

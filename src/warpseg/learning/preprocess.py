@@ -123,7 +123,7 @@ def labels_on_native_grid(probabilities: torch.Tensor, grid: GridMap, chunk: int
     probabilities: ``(1, L, *padded_shape)``; returns ``native_shape`` (int64).
     """
     cropped = grid.crop(probabilities)[0]
-    coarse = cropped.argmax(0)
+    coarse = class_argmax(cropped)
     if grid.resized_shape == grid.native_shape:
         return coarse
     starts, weights = zip(*(_linear_taps(n, r, cropped.device)
@@ -145,6 +145,17 @@ def labels_on_native_grid(probabilities: torch.Tensor, grid: GridMap, chunk: int
             offset = sum(bit * stride for bit, stride in zip(bits, coarse.stride()))
             blended.addcmul_(weight[:, None], by_cell[cell + offset])
         flat_labels[block] = blended.argmax(1)
+    return labels
+
+
+def class_argmax(scores: torch.Tensor) -> torch.Tensor:
+    """``scores.argmax(0)`` for ``(L, *S)``, by a pass over the classes (several times faster on CPU
+    than torch's reduction over the strided class axis; ties go to the lower class, as there)."""
+    best, labels = scores[0].clone(), torch.zeros(scores.shape[1:], dtype=torch.long, device=scores.device)
+    for label in range(1, scores.shape[0]):
+        better = scores[label] > best
+        best = torch.where(better, scores[label], best)
+        labels.masked_fill_(better, label)
     return labels
 
 

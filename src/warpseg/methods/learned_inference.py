@@ -120,7 +120,9 @@ def labels_to_native_grid(logits, grid) -> np.ndarray:
 
     from warpseg.learning.preprocess import labels_on_native_grid
 
-    labels = labels_on_native_grid(torch.softmax(logits.float(), dim=1), grid).cpu().numpy()
+    resized = grid.resized_shape != grid.native_shape
+    scores = torch.softmax(logits.float(), dim=1) if resized else logits  # same argmax without a resize
+    labels = labels_on_native_grid(scores, grid).cpu().numpy()
     return labels.astype(np.uint8 if logits.shape[1] <= 256 else np.int16)
 
 
