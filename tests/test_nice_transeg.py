@@ -119,6 +119,8 @@ def test_register_contract_writes_both_segmentations_with_names(tmp_path, ndim):
                                  fixed_labels=fixed_labels, weights=str(weights), device="cpu"))
     assert result.displacement.shape == (ndim,) + shape and "dice_mean" in result.metrics
     assert "segmentations" not in result.details  # arrays stay out of result.json
+    for name in ("moving_segmentation", "fixed_segmentation"):  # each scored against its own image's labels
+        assert 0 <= result.metrics["segmentations"][name]["dice_mean"] <= 1
     out = tmp_path / "out"
     write_result(result, out)
     for name, grid in (("moving_segmentation", moving), ("fixed_segmentation", fixed)):

@@ -57,6 +57,55 @@ def test_segment_cli_writes_the_label_map_its_names_and_scores(tmp_path, atlas_a
     assert 0.5 < summary["dice_mean"] <= 1.0 and set(summary["dice_per_label"]) == {"1", "2", "3"}
 
 
+
+def tissue_maps(shape=(24, 28, 20), seed=0):
+    """A CSF / grey / white matter reference and the same map in seg4 (its grey matter split in two)."""
+    rng = np.random.default_rng(seed)
+    tissue = rng.integers(0, 4, shape).astype(np.uint8)
+    seg4 = np.array([0, 4, 1, 3], np.uint8)[tissue]
+    seg4[(tissue == 2) & (np.arange(shape[0]) < shape[0] // 2)[:, None, None]] = 2
+    return tissue, seg4
+
+
+def test_seg4_against_a_tissue_reference_is_scored_by_tissue_class():
+    """seg4 (1 Cortex, 2 Subcortical GM, 3 WM, 4 CSF) against CSF / grey / white matter: the IDs mean
+    other structures, but merged by name the two maps are the same here."""
+    from warpseg.metrics import dice_headline, segmentation_metrics
+    from warpseg.samples import LABEL_NAMES
+    from warpseg.tissue_classes import tissue_lookup
+
+    tissue, seg4 = tissue_maps()
+    seg4_names = {0: "Background", 1: "Cortex", 2: "Subcortical-Gray-Matter", 3: "White-Matter", 4: "CSF"}
+    metrics = segmentation_metrics(seg4, seg4_names, tissue, LABEL_NAMES, (1.0, 1.0, 1.0))
+    assert metrics["dice_mean"] < 0.7 and set(metrics["label_names_differ"]) == {1, 2}
+    assert metrics["tissue_classes"]["dice_mean"] == pytest.approx(1.0)
+    assert dice_headline(metrics) == "Dice 1.000 as CSF / grey matter / white matter"
+    damaged = np.where(seg4 == 3, 4, seg4).astype(np.uint8)  # white matter called CSF
+    scores = segmentation_metrics(damaged, seg4_names, tissue, LABEL_NAMES, (1.0, 1.0, 1.0))["tissue_classes"]
+    assert scores["dice_per_label"]["3"] == 0.0 and scores["dice_per_label"]["2"] == pytest.approx(1.0)
+    assert tissue_lookup({0: "background", 1: "Left-Hippocampus"}) is None  # not a tissue class: no merge
+    assert "tissue_classes" not in segmentation_metrics(seg4, {1: "a", 2: "b", 3: "c", 4: "d"}, tissue,
+                                                        LABEL_NAMES, (1.0, 1.0, 1.0))
+
+
+def test_cli_reports_the_tissue_class_dice_without_a_warning(tmp_path, capsys):
+    from warpseg.samples import LABEL_NAMES
+
+    tissue, seg4 = tissue_maps()
+    image = Volume(seg4.astype(np.float32) + 0.1, np.eye(4))
+    seg4_names = {0: "Background", 1: "Cortex", 2: "Subcortical-Gray-Matter", 3: "White-Matter", 4: "CSF"}
+    paths = {name: write_volume(volume, tmp_path / f"{name}.nii.gz") for name, volume in (
+        ("image", image), ("atlas_seg", Volume(seg4, np.eye(4), is_labels=True, label_names=seg4_names)),
+        ("ref_seg", Volume(tissue, np.eye(4), is_labels=True, label_names=LABEL_NAMES)))}
+    assert main(["segment", str(paths["image"]), "--atlas", str(paths["image"]), "--atlas-labels",
+                 str(paths["atlas_seg"]), "--labels", str(paths["ref_seg"]), "--option", "registration=identity",
+                 "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    printed = capsys.readouterr()
+    assert "Dice 1.000 as CSF / grey matter / white matter" in printed.out and "warning" not in printed.err
+    summary = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert summary["tissue_classes"]["names"] == {"1": "CSF", "2": "grey matter", "3": "white matter"}
+
+
 def test_a_reference_that_names_its_labels_otherwise_is_flagged(tmp_path, atlas_and_image, capsys):
     """Scoring against labels whose IDs mean other structures (the sample pair's 1 = CSF vs seg4's
     1 = Cortex) is flagged in result.json and by the CLI; names differing only in case or spacing are not."""

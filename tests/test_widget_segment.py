@@ -41,13 +41,28 @@ def test_a_reference_naming_its_labels_otherwise_is_flagged_beside_the_scores(ma
                                                                               sample_cache, errors):
     viewer = make_napari_viewer()
     widget = open_widget(viewer)
-    names = rename_label(viewer.layers["fixed labels"], 1, "Cortex")
+    names = rename_label(viewer.layers["fixed labels"], 1, "Hippocampus")
     widget.registration.value = "identity"
     widget.start()
     qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
     assert not errors
     assert "mean Dice" in widget.scores.value
-    assert f"1 {names[1]!r} vs 'Cortex'" in widget.scores.value and "different structures" in widget.scores.value
+    assert f"1 {names[1]!r} vs 'Hippocampus'" in widget.scores.value and "different structures" in widget.scores.value
+
+
+def test_a_seg4_model_on_the_tissue_labelled_sample_is_scored_by_tissue_class(make_napari_viewer, qtbot,
+                                                                              sample_cache, errors):
+    """The sample's CSF / grey / white matter reference against a seg4 network: merged by name, not ID by ID."""
+    viewer = make_napari_viewer()
+    widget = open_widget(viewer)
+    widget.method.value = "nice-transeg"
+    widget.start()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    assert not errors
+    assert "as CSF / grey matter / white matter" in widget.scores.value
+    assert "different structures" not in widget.scores.value
+    rows = widget.table.data.to_list()
+    assert [row[1] for row in rows] == ["CSF", "grey matter", "white matter"] and all(0 < row[2] <= 1 for row in rows)
 
 
 def test_missing_atlas_labels_is_an_error_that_changes_nothing(make_napari_viewer, errors):

@@ -103,6 +103,7 @@ def _add_segment(commands) -> None:
 def _run_segment(args) -> int:
     from warpseg.engine import run_to_end, segment, write_segmentation
     from warpseg.io import read_volume
+    from warpseg.metrics import dice_headline
 
     atlas = read_atlas_arguments(args)
     reference = read_volume(args.labels, labels=True) if args.labels else None
@@ -110,17 +111,18 @@ def _run_segment(args) -> int:
                   weights=args.weights, device=args.device, options=parse_options(args.option))
     result = run_to_end(job, None if args.quiet else ProgressPrinter(args.method))
     write_segmentation(result, args.out)
-    scores = f"; Dice {result.metrics['dice_mean']:.3f}" if "dice_mean" in result.metrics else ""
+    scores = f"; {dice_headline(result.metrics)}" if "dice_mean" in result.metrics else ""
     print(f"{result.method}: {result.seconds:.2f} s on {result.device}{scores}\nwritten to {args.out}")
     warn_if_label_names_differ(result.metrics, "give --labels in the segmentation's label set")
     return 0
 
 
 def warn_if_label_names_differ(metrics: dict, what_to_do: str) -> None:
-    """Print the shared warning when the scored label maps name their IDs differently."""
+    """Print the shared warning when the scored label maps name their IDs differently (and could not be
+    compared by tissue class instead)."""
     from warpseg.metrics import label_names_warning
 
-    if metrics.get("label_names_differ"):
+    if metrics.get("label_names_differ") and not metrics.get("tissue_classes"):
         print(f"warning: {label_names_warning(metrics['label_names_differ'])}; {what_to_do}", file=sys.stderr)
 
 
@@ -150,6 +152,8 @@ class ProgressPrinter:
 
 
 def format_summary(result, out_dir: Path) -> str:
+    from warpseg.metrics import segmentation_lines
+
     metrics = result.metrics
     parts = [f"{result.method}: {result.seconds_registration:.2f} s registration "
              f"({result.seconds_total:.2f} s total) on {result.device}",
@@ -159,7 +163,7 @@ def format_summary(result, out_dir: Path) -> str:
                      f"HD95 {metrics['hd95_mean']:.2f} mm")
     if "tre_mm_after" in metrics:
         parts.append(f"TRE {metrics['tre_mm_before']:.2f} -> {metrics['tre_mm_after']:.2f} mm")
-    return "; ".join(parts) + f"\nwritten to {out_dir}"
+    return "\n".join(["; ".join(parts), *segmentation_lines(metrics), f"written to {out_dir}"])
 
 
 def _add_methods(commands) -> None:

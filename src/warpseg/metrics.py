@@ -83,16 +83,53 @@ def label_metrics(warped_labels: np.ndarray, fixed_labels: np.ndarray,
 def differing_label_names(names: dict[int, str] | None, reference: dict[int, str] | None) -> dict[int, list[str]]:
     """IDs both label maps name, but differently (case, spaces and punctuation aside): ``{id: [name,
     reference name]}``. Dice per ID then compares different structures."""
-    def key(name: str) -> str:
-        return "".join(character for character in name.lower() if character.isalnum())
+    from warpseg.tissue_classes import name_key
 
     if not names or not reference:
         return {}
     return {int(label): [names[label], reference[label]] for label in sorted(set(names) & set(reference))
-            if key(names[label]) != key(reference[label])}
+            if name_key(names[label]) != name_key(reference[label])}
+
+
+def segmentation_metrics(labels: np.ndarray, names: dict[int, str] | None, reference: np.ndarray,
+                         reference_names: dict[int, str] | None, spacing: tuple[float, ...]) -> dict:
+    """:func:`label_metrics` of a segmentation against a reference label map, both named ``{id: name}``.
+
+    When the two name their IDs differently, ``label_names_differ`` says so, and when both merge
+    into the tissue classes by name (seg4 against a CSF / grey / white matter reference, say),
+    ``tissue_classes`` holds the metrics of the merged maps, with ``names``: the comparison that means
+    something.
+    """
+    from warpseg.tissue_classes import TISSUE_NAMES, as_tissue_classes, tissue_lookup
+
+    metrics = label_metrics(labels, reference, spacing)
+    differing = differing_label_names(names, reference_names)
+    if differing:
+        metrics["label_names_differ"] = differing
+        lookups = tissue_lookup(names), tissue_lookup(reference_names)
+        if lookups[0] is not None and lookups[1] is not None:
+            merged = (as_tissue_classes(array, lookup) for array, lookup in zip((labels, reference), lookups))
+            metrics["tissue_classes"] = {**label_metrics(*merged, spacing),
+                                         "names": {str(label): name for label, name in TISSUE_NAMES.items()}}
+    return metrics
 
 
 def label_names_warning(differing: dict[int, list[str]]) -> str:
     """What a ``label_names_differ`` entry means, in the words the CLI and the widgets share."""
     pairs = ", ".join(f"{label} {names[0]!r} vs {names[1]!r}" for label, names in differing.items())
     return f"the two label maps name these IDs differently ({pairs}): their Dice compares different structures"
+
+
+def dice_headline(metrics: dict) -> str:
+    """``Dice 0.806``; for label maps merged into tissue classes, ``Dice 0.412 as CSF / grey matter /
+    white matter``: the words the CLI and the widgets share."""
+    merged = metrics.get("tissue_classes")
+    if merged:
+        return f"Dice {merged['dice_mean']:.3f} as {' / '.join(merged['names'].values())}"
+    return f"Dice {metrics['dice_mean']:.3f}"
+
+
+def segmentation_lines(metrics: dict) -> list[str]:
+    """One line per segmentation a registration scored: ``fixed segmentation: Dice 0.806``."""
+    return [f"{name.replace('_', ' ')}: {dice_headline(scores)}"
+            for name, scores in metrics.get("segmentations", {}).items() if "dice_mean" in scores]

@@ -18,7 +18,7 @@ from warpseg._plugin._widget_base import JobWidget
 from warpseg.errors import InputError, WarpsegError
 from warpseg.methods import METHODS
 from warpseg.methods.base import preview_shape
-from warpseg.metrics import label_names_warning
+from warpseg.metrics import label_names_warning, segmentation_lines
 
 if TYPE_CHECKING:
     import napari
@@ -159,7 +159,8 @@ class RegistrationWidget(JobWidget):
         self.result = result
         differing = result.metrics.get("label_names_differ")
         extra = 1 + len(label_names_warning(differing)) // 30 if differing else 0
-        self.reserve_lines(self.metrics, METRICS_LINES + extra, wrap=bool(differing))  # the dock does not grow by itself
+        extra += 2 * len(segmentation_lines(result.metrics))  # a line each, wrapped in the narrow dock
+        self.reserve_lines(self.metrics, METRICS_LINES + extra, wrap=bool(extra))  # the dock does not grow by itself
         self.metrics.value = describe_metrics(result)
         self.log.value = (f"{result.method}: done in {result.seconds_total:.1f} s"
                           + (" (partial result)" if result.partial else ""))
@@ -231,7 +232,8 @@ def describe_method(name: str) -> str:
 
 
 def describe_metrics(result: RegistrationResult) -> str:
-    """The result's scores on a few lines: Dice before → after, HD95, folds (count and %), time."""
+    """The result's scores on a few lines: Dice before → after, HD95, folds (count and %), NCC, the
+    joint methods' segmentations against the labels of their images, time."""
     metrics = result.metrics
     lines = []
     if "dice_mean" in metrics:
@@ -242,5 +244,6 @@ def describe_metrics(result: RegistrationResult) -> str:
     folds = int(np.count_nonzero(result.jacobian.array <= 0))
     lines.append(f"folds (det J ≤ 0): {folds} voxels, {metrics['folding_percent']:.3f} %")
     lines.append(f"NCC {metrics['ncc_before']:.3f} → {metrics['ncc_after']:.3f}")
+    lines.extend(segmentation_lines(metrics))
     lines.append(f"{result.seconds_registration:.2f} s on {result.device}")
     return "\n".join(lines)

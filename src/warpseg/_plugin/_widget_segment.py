@@ -14,7 +14,7 @@ from warpseg._plugin._layers import layer_to_volume, volume_to_layer_data
 from warpseg._plugin._widget_base import JobWidget
 from warpseg.errors import InputError, WarpsegError
 from warpseg.methods import METHODS, SEGMENTATION_METHODS
-from warpseg.metrics import label_names_warning
+from warpseg.metrics import dice_headline, label_names_warning
 
 if TYPE_CHECKING:
     import napari
@@ -100,15 +100,16 @@ class SegmentationWidget(JobWidget):
         metrics = result.metrics
         self.log.value = f"{result.method}: done in {result.seconds:.1f} s"
         if "dice_mean" in metrics:
-            scores, lines = f"mean Dice {metrics['dice_mean']:.3f} · HD95 {metrics['hd95_mean']:.2f} mm", 1
-            if metrics.get("label_names_differ"):
+            shown = metrics.get("tissue_classes") or metrics  # a reference in other classes: compared by tissue
+            scores, lines = f"mean {dice_headline(metrics)} · HD95 {shown['hd95_mean']:.2f} mm", 2
+            if metrics.get("label_names_differ") and shown is metrics:
                 warning = label_names_warning(metrics["label_names_differ"])
                 scores, lines = scores + "\n" + warning, 2 + len(warning) // 30
             self.reserve_lines(self.scores, lines)  # the dock does not grow by itself
             self.scores.value = scores
-            names = result.segmentation.label_names or {}
-            rows = [[int(label), names.get(int(label), ""), round(score, 3)]
-                    for label, score in metrics["dice_per_label"].items()]
+            names = shown.get("names") or result.segmentation.label_names or {}
+            rows = [[int(label), names.get(int(label), names.get(str(label), "")), round(score, 3)]
+                    for label, score in shown["dice_per_label"].items()]
             self.table.value = dice_columns(rows)
         else:
             self.scores.value = "pick a reference label layer to score the segmentation"

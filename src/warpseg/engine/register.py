@@ -120,6 +120,7 @@ def assemble_result(moving: Volume, fixed: Volume, moving_labels: Volume | None,
     """
     import torch
 
+    from warpseg.engine.segment import score_against
     from warpseg.metrics import dice_per_label, differing_label_names, label_metrics, normalized_cross_correlation
     from warpseg.spatial import folding_percent, jacobian_determinant, resample_volume
 
@@ -145,6 +146,11 @@ def assemble_result(moving: Volume, fixed: Volume, moving_labels: Volume | None,
         metrics.update(landmark_metrics(landmarks, np.asarray(output.displacement), fixed))
     details = dict(output.details)
     segmentations = segmentation_volumes(details.pop(SEGMENTATIONS_KEY, {}), moving, fixed)
+    if segmentations:  # scored against the labels of their own image, when given
+        references = {"moving_segmentation": moving_labels, "fixed_segmentation": fixed_labels}
+        metrics["segmentations"] = {
+            name: {} if references.get(name) is None else score_against(volume, references[name])
+            for name, volume in segmentations.items()}
     return RegistrationResult(
         method="", fixed=fixed, warped=warped, displacement=np.asarray(output.displacement, np.float32),
         jacobian=fixed.with_array(determinant, is_labels=False), metrics=metrics,

@@ -36,7 +36,8 @@ class RegistrationResult:
     details: dict[str, Any] = field(default_factory=dict)
     segmentations: dict[str, Volume] = field(default_factory=dict)
     """Label maps a method predicts besides the warp (NICE-Transeg: ``moving_segmentation`` on the
-    moving image's grid, ``fixed_segmentation`` on the fixed grid), written as ``<name>.nii.gz``."""
+    moving image's grid, ``fixed_segmentation`` on the fixed grid), written as ``<name>.nii.gz``;
+    ``metrics["segmentations"]`` scores each against its image's labels when those were given."""
 
     def displacement_mm(self) -> np.ndarray:
         """World (RAS) displacement vectors in mm, shape ``(*S, 3)``."""
@@ -52,6 +53,5 @@ class RegistrationResult:
             "seconds_registration": round(self.seconds_registration, 4),
             "seconds_total": round(self.seconds_total, 4),
             **self.metrics,
-            **({"segmentations": sorted(self.segmentations)} if self.segmentations else {}),
             "details": self.details,
         }

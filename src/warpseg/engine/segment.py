@@ -58,8 +58,6 @@ def segment(image: Volume, method: str, *, atlas: tuple[Volume, Volume] | None =
     the image's grid. Closing it cancels the work.
     """
     from warpseg.engine.register import resolve_device, weights_and_options
-    from warpseg.metrics import differing_label_names, label_metrics
-
     started = time.perf_counter()
     check_image(image, "image")
     if reference is not None:
@@ -79,16 +77,20 @@ def segment(image: Volume, method: str, *, atlas: tuple[Volume, Volume] | None =
               for name, (array, names) in details.pop(SEGMENTATIONS_KEY, {}).items()}
     metrics: dict[str, Any] = {}
     if reference is not None:
-        spacing = tuple(float(s) for s in image.spacing)
-        metrics = label_metrics(labels, reference.array, spacing)
+        metrics = score_against(segmentation, reference)
         if others:
-            metrics["segmentations"] = {name: label_metrics(volume.array, reference.array, spacing)
-                                        for name, volume in others.items()}
-        differing = differing_label_names(output.label_names, reference.label_names)
-        if differing:
-            metrics["label_names_differ"] = differing
+            metrics["segmentations"] = {name: score_against(volume, reference) for name, volume in others.items()}
     return SegmentationResult(method, image, segmentation, metrics, time.perf_counter() - started, device,
                               weights, output.partial, details, others)
+
+
+def score_against(segmentation: Volume, reference: Volume) -> dict[str, Any]:
+    """Dice, HD95 and ASD of a label map against a reference on its grid (by tissue class too, when
+    the two name their labels differently; see :func:`warpseg.metrics.segmentation_metrics`)."""
+    from warpseg.metrics import segmentation_metrics
+
+    return segmentation_metrics(segmentation.array, segmentation.label_names, reference.array,
+                                reference.label_names, tuple(float(s) for s in segmentation.spacing))
 
 
 def check_atlas(atlas: tuple[Volume, Volume] | None, image: Volume) -> None:
