@@ -552,7 +552,8 @@ def _run_atlas_build(args) -> int:
 
 
 def _add_demo(commands) -> None:
-    command = commands.add_parser("demo", help="the main job: register the sample pair, write results and a screenshot")
+    command = commands.add_parser("demo", help="the main job: register and segment the sample pair with the shipped "
+                                             "NICE-Transeg, write results and screenshots")
     command.add_argument("--out", type=Path, default=Path("demo_output"))
     command.add_argument("--method", default=None, help="registration method (default: the demo's choice)")
     command.add_argument("--ndim", type=int, choices=[2, 3], default=3)

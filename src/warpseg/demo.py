@@ -1,4 +1,5 @@
-"""The main job: register the sample pair, write every output, and show (or photograph) the result.
+"""The main job: register and segment the sample pair with a shipped model, write every output, and
+show (or photograph) the result.
 
 With napari installed the pair is registered through the Register dock widget in a real viewer
 window (under Xvfb on a headless machine) and every result view is saved as a screenshot;
@@ -10,12 +11,14 @@ import sys
 from importlib.util import find_spec
 from pathlib import Path
 
-DEFAULT_DEMO_METHOD = "sitk-demons"
+DEFAULT_DEMO_METHOD = "nice-transeg"
+"""Shipped 2D and 3D weights (seg4): registers the pair and segments both images in one forward pass."""
 
 
 def run_demo(out: Path, *, method: str | None = None, ndim: int = 3, screenshot: bool = True,
              stay_open: bool = False) -> Path:
-    """Build the sample pair, register it, write results and (with napari) one screenshot per view."""
+    """Build the sample pair, register (and, with a joint method, segment) it, write results and (with
+    napari) one screenshot per view."""
     from warpseg.cli import ProgressPrinter, format_summary
     from warpseg.engine import register, run_to_end, write_result
     from warpseg.io import write_volume

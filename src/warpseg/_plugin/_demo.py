@@ -1,5 +1,8 @@
 """The main job in a napari window: the sample pair, the Register widget docked, a run, screenshots.
 
+The demo's method, NICE-Transeg with its shipped weights, registers and segments both images in
+one pass, so the screenshots include its segmentation of the fixed image.
+
 Exactly what a user gets from Plugins ▸ napari-warpseg ▸ Register, driven by code: the widget runs
 the method in its worker thread while this loop keeps the event loop turning, then each result
 view is shown in turn and the whole window is saved as a PNG.
@@ -28,6 +31,7 @@ VIEWS = {
     "difference": (["difference"], False),
     "glyphs": (["displacement (mm)", "glyphs"], False),
     "lattice": (["warped", "lattice"], True),
+    "segmentation": (["fixed segmentation"], False),  # joint methods (the demo's NICE-Transeg)
 }
 
 
@@ -61,6 +65,10 @@ def register_in_viewer(pair: dict[str, Volume], method: str, screenshots: Path |
                 print(f"[{method}] {shown}", file=sys.stderr)
         if widget.result is None:
             raise WarpsegError(f"{method} did not finish: {widget.log.value}")
+        settle = time.monotonic() + 0.3  # let the dock lay out its new lines before any screenshot
+        while time.monotonic() < settle:
+            application.processEvents()
+            time.sleep(0.01)
         if screenshots is not None:
             save_view_screenshots(viewer, method, screenshots)
         if stay_open:
@@ -96,7 +104,7 @@ def show_view(viewer, method: str, view: str) -> bool:
         return False
     for layer in viewer.layers:
         layer.visible = layer.name in wanted or layer.name == "fixed"
-    viewer.layers["fixed"].colormap = "gray" if view in ("labels", "jacobian", "glyphs") else "green"
+    viewer.layers["fixed"].colormap = "gray" if view in ("labels", "jacobian", "glyphs", "segmentation") else "green"
     viewer.dims.ndisplay = 3 if three_d else 2
     if three_d:
         viewer.camera.angles = (0.0, 30.0, 120.0)
