@@ -140,8 +140,10 @@ def test_cancel_stops_the_job_and_adds_nothing(make_napari_viewer, qtbot, sample
     assert all(np.array_equal(a, b) for (_, _, a), (_, _, b) in zip(before, after))
 
 
-@pytest.mark.parametrize("problem", ["no layers", "2D vs 3D", "labels as image", "same layer", "bad option"])
-def test_bad_input_shows_an_error_and_changes_nothing(make_napari_viewer, qtbot, sample_cache, errors, problem):
+@pytest.mark.parametrize("problem", ["no layers", "2D vs 3D", "labels as image", "same layer", "bad option",
+                                     "not a transform", "transform on 2D"])
+def test_bad_input_shows_an_error_and_changes_nothing(make_napari_viewer, qtbot, sample_cache, errors, problem,
+                                                      tmp_path):
     from warpseg._plugin._sample_data import brain_pair
 
     viewer = make_napari_viewer()
@@ -156,15 +158,44 @@ def test_bad_input_shows_an_error_and_changes_nothing(make_napari_viewer, qtbot,
         widget.moving.value = viewer.layers["fixed"]
     elif problem == "bad option":
         widget.method_options.value = "iterations"
+    elif problem == "not a transform":
+        (tmp_path / "notes.txt").write_text("hello")
+        widget.initial.value = tmp_path / "notes.txt"
+    elif problem == "transform on 2D":
+        import SimpleITK as sitk
+
+        sitk.WriteTransform(sitk.AffineTransform(3), str(tmp_path / "initial.tfm"))
+        widget.initial.value = tmp_path / "initial.tfm"
     before = snapshot(viewer)
     assert widget.start() is None
     expected = {"no layers": "pick a moving and a fixed", "2D vs 3D": "is 3D but fixed layer",
                 "labels as image": "is a Labels layer", "same layer": "same layer",
-                "bad option": "not KEY=VALUE"}[problem]
+                "bad option": "not KEY=VALUE", "not a transform": "not an ITK transform file",
+                "transform on 2D": "needs 3D images"}[problem]
     assert len(errors) == 1 and expected in errors[0], errors
     after = snapshot(viewer)
     assert [(n, t) for n, t, _ in after] == [(n, t) for n, t, _ in before]
     assert widget.run_button.enabled and not widget.busy
+
+
+def test_an_initial_transform_file_is_where_the_registration_starts(make_napari_viewer, qtbot, sample_cache,
+                                                                     errors, tmp_path):
+    """A shift of 6 mm given as the initial transform moves the identity's result away from the pair as it lies."""
+    import SimpleITK as sitk
+
+    viewer = make_napari_viewer()
+    widget = open_widget(viewer, "brain_pair_3d")
+    widget.method.value = "identity"
+    scores = []
+    for shift in (None, (6.0, 0.0, 0.0)):
+        transform = sitk.TranslationTransform(3, shift or (0.0, 0.0, 0.0))
+        sitk.WriteTransform(transform, str(tmp_path / "initial.tfm"))
+        widget.initial.line_edit.value = str(tmp_path / "initial.tfm") if shift else ""  # as typed, or cleared
+        widget.start()
+        wait_until_idle(qtbot, widget)
+        assert widget.result is not None, (widget.log.value, errors)
+        scores.append(widget.result.metrics["dice_mean"])
+    assert not errors and scores[1] < scores[0] - 0.05
 
 
 def test_an_error_inside_the_job_is_reported_and_adds_nothing(make_napari_viewer, qtbot, sample_cache, errors):

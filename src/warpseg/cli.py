@@ -54,6 +54,9 @@ def _add_register(commands) -> None:
                          help="CSV of x,y,z world points in mm (RAS), one per row (a header row allowed)")
     command.add_argument("--fixed-landmarks", type=Path, default=None,
                          help="CSV of the corresponding fixed points, same order; result.json gets tre_mm_*")
+    command.add_argument("--initial-transform", type=Path, default=None,
+                         help="ITK transform file (affine/rigid: .tfm, .txt, ANTs .mat, Slicer .h5) mapping fixed "
+                              "to moving points, to start from; the written field includes it")
     add_job_arguments(command, "iterations=50")
     command.set_defaults(run=_run_register)
 
@@ -69,7 +72,7 @@ def add_job_arguments(command, option_example: str) -> None:
 
 def _run_register(args) -> int:
     from warpseg.engine import register, run_to_end, write_result
-    from warpseg.io import read_landmarks, read_volume
+    from warpseg.io import read_initial_transform, read_landmarks, read_volume
 
     if (args.moving_landmarks is None) != (args.fixed_landmarks is None):
         raise WarpsegError("give both --moving-landmarks and --fixed-landmarks (corresponding points), or neither")
@@ -78,10 +81,13 @@ def _run_register(args) -> int:
     fixed = read_volume(args.fixed, labels=False)
     moving_labels = read_volume(args.moving_labels, labels=True) if args.moving_labels else None
     fixed_labels = read_volume(args.fixed_labels, labels=True) if args.fixed_labels else None
+    initial = read_initial_transform(args.initial_transform) if args.initial_transform else None
     job = register(moving, fixed, args.method, moving_labels=moving_labels, fixed_labels=fixed_labels,
                    weights=args.weights, device=args.device, options=parse_options(args.option),
-                   landmarks=landmarks)
+                   landmarks=landmarks, initial_transform=initial)
     result = run_to_end(job, None if args.quiet else ProgressPrinter(args.method))
+    if initial is not None:
+        result.details["initial_transform"] = str(args.initial_transform)
     write_result(result, args.out)
     print(format_summary(result, args.out))
     warn_if_label_names_differ(result.metrics, "give --moving-labels and --fixed-labels in one label set")

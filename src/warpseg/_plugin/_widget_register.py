@@ -42,6 +42,9 @@ class RegistrationWidget(JobWidget):
         self.about = Label(label="")
         self.weights = FileEdit(label="weights", mode="r", filter="*.pt", value="",
                                 tooltip="a checkpoint file (.pt); empty uses the shipped weights")
+        self.initial = FileEdit(label="initial transform", mode="r", filter="*.tfm *.txt *.mat *.h5", value="",
+                                tooltip="an ITK affine or rigid transform (ANTs, Slicer, SimpleITK) to start from; "
+                                        "empty: start from the images as they lie")
         self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda"], value="auto")
         self.scheduler = LineEdit(label="run on", value="",
                                   tooltip="a Dask scheduler address (e.g. tcp://gpu-server:8786) to run the job there; "
@@ -51,7 +54,8 @@ class RegistrationWidget(JobWidget):
         self.flicker = CheckBox(text="flicker fixed / warped", value=False)
         self.save_folder = FileEdit(label="save to", mode="d", value="")
         self.save_button = PushButton(text="Save results", enabled=False)
-        self.extend([*self.pair_widgets(), self.method, self.about, self.weights, self.device, self.scheduler,
+        self.extend([*self.pair_widgets(), self.method, self.about, self.weights, self.initial, self.device,
+                     self.scheduler,
                      self.method_options, *self.run_widgets(), self.metrics, self.flicker, self.save_folder,
                      self.save_button])
         self.reserve_lines(self.about, 4)
@@ -79,14 +83,24 @@ class RegistrationWidget(JobWidget):
         """The register() arguments from the widget's fields; a clear InputError when they are wrong."""
         from warpseg.options import parse_options
 
+        from warpseg.io import read_initial_transform
+        from warpseg.io.initial_transform import check_initial_transform
+
         volumes = self.pair_volumes()
         weights = str(self.weights.value) if str(self.weights.value) not in ("", ".") else None
         try:
             options = parse_options(self.method_options.value.split())
         except WarpsegError as error:
             raise InputError(str(error).replace("--option ", "")) from None
+        scheduler = self.scheduler.value.strip() or None
+        initial = None
+        if self.initial.line_edit.value.strip() not in ("", "."):  # the text: magicgui turns a cleared path into the cwd
+            if scheduler:
+                raise InputError("an initial transform runs on this computer only; empty 'run on', or the transform")
+            initial = read_initial_transform(self.initial.value)
+            check_initial_transform(initial, volumes["fixed"])
         return {**volumes, "method": self.method.value, "weights": weights, "device": self.device.value,
-                "options": options, "scheduler": self.scheduler.value.strip() or None}
+                "options": options, "scheduler": scheduler, "initial_transform": initial}
 
     def prepare_job(self):
         from warpseg.engine import register
@@ -104,7 +118,8 @@ class RegistrationWidget(JobWidget):
                 from warpseg.batch.remote import remote_register
 
                 return remote_register(request["scheduler"], request["moving"], fixed, method, **arguments)
-            return register(request["moving"], fixed, method, **arguments)
+            return register(request["moving"], fixed, method, initial_transform=request["initial_transform"],
+                            **arguments)
 
         def finish(result):  # in the worker thread: every array the viewer will get
             return result, result_layers(result) + slice_overlays(result, *slice_at)

@@ -56,13 +56,19 @@ def normalise_intensity(array: np.ndarray, low: float = 0.5, high: float = 99.5)
 
 def register(moving: Volume, fixed: Volume, method: str, *, moving_labels: Volume | None = None,
              fixed_labels: Volume | None = None, weights: str | None = None, device: str = "auto",
-             options: dict[str, Any] | None = None, landmarks: Landmarks | None = None) -> RegistrationJob:
+             options: dict[str, Any] | None = None, landmarks: Landmarks | None = None,
+             initial_transform=None) -> RegistrationJob:
     """Register ``moving`` to ``fixed`` with the named method.
 
     A generator: it yields :class:`Progress` records and returns a :class:`RegistrationResult`
     whose every output lies on the fixed image's grid. Closing it cancels the work. With
     ``landmarks`` (corresponding world points) the metrics include the target registration error.
+    With ``initial_transform`` (a ``SimpleITK.Transform``, ITK convention, e.g. from
+    :func:`~warpseg.io.read_initial_transform`) the method starts from the moving image resampled
+    through it, and the result's field is the whole map; the 'before' scores are without it.
     """
+    from warpseg.io.initial_transform import InitialAlignment
+
     started = time.perf_counter()
     check_pair(moving, fixed, moving_labels, fixed_labels)
     if landmarks is not None:
@@ -72,14 +78,19 @@ def register(moving: Volume, fixed: Volume, method: str, *, moving_labels: Volum
     weights, options = weights_and_options(weights, options)
     instance = method_class(weights=weights, **options)
     yield Progress("prepare", 0, 1, "resampling the moving image onto the fixed grid")
+    initial = None if initial_transform is None else InitialAlignment(initial_transform, moving, fixed)
     moving_on_fixed, labels_on_fixed = on_fixed_grid(moving, fixed), on_fixed_grid(moving_labels, fixed)
-    pair = prepare_pair(moving_on_fixed, fixed, labels_on_fixed, fixed_labels, device)
+    start = (moving_on_fixed, labels_on_fixed) if initial is None else (
+        initial.start(moving, fixed), initial.start(moving_labels, fixed))
+    pair = prepare_pair(start[0], fixed, start[1], fixed_labels, device)
     method_started = time.perf_counter()
     output: MethodOutput = yield from instance.run(pair)
     seconds_registration = time.perf_counter() - method_started
     yield Progress("finish", 0, 1, "warping and measuring")
+    if initial is not None:
+        output.displacement = initial.total(output.displacement)
     result = assemble_result(moving, fixed, moving_labels, fixed_labels, output,
-                             before=(moving_on_fixed, labels_on_fixed), landmarks=landmarks)
+                             before=(moving_on_fixed, labels_on_fixed), landmarks=landmarks, initial=initial)
     result.method, result.device = method, device
     result.weights = weights or output.details.get("weights_file")
     result.seconds_registration = seconds_registration
@@ -112,11 +123,13 @@ def prepare_pair(moving_on_fixed: Volume, fixed: Volume, labels_on_fixed: Volume
 def assemble_result(moving: Volume, fixed: Volume, moving_labels: Volume | None,
                     fixed_labels: Volume | None, output: MethodOutput,
                     before: tuple[Volume, Volume | None], *,
-                    landmarks: Landmarks | None = None) -> RegistrationResult:
+                    landmarks: Landmarks | None = None, initial=None) -> RegistrationResult:
     """Warp the native moving image and labels once through the field; measure everything.
 
     ``before`` holds the moving image and labels already resampled onto the fixed grid (the
-    identity warp), for the 'before' scores; ``landmarks`` add the target registration error.
+    identity warp), for the 'before' scores; ``landmarks`` add the target registration error;
+    ``initial`` (an :class:`~warpseg.io.initial_transform.InitialAlignment`) brings a joint
+    method's moving segmentation back from where registration started.
     """
     import torch
 
@@ -145,7 +158,7 @@ def assemble_result(moving: Volume, fixed: Volume, moving_labels: Volume | None,
     if landmarks is not None:
         metrics.update(landmark_metrics(landmarks, np.asarray(output.displacement), fixed))
     details = dict(output.details)
-    segmentations = segmentation_volumes(details.pop(SEGMENTATIONS_KEY, {}), moving, fixed)
+    segmentations = segmentation_volumes(details.pop(SEGMENTATIONS_KEY, {}), moving, fixed, initial)
     if segmentations:  # scored against the labels of their own image, when given
         references = {"moving_segmentation": moving_labels, "fixed_segmentation": fixed_labels}
         metrics["segmentations"] = {
@@ -159,14 +172,15 @@ def assemble_result(moving: Volume, fixed: Volume, moving_labels: Volume | None,
     )
 
 
-def segmentation_volumes(predicted: dict, moving: Volume, fixed: Volume) -> dict[str, Volume]:
+def segmentation_volumes(predicted: dict, moving: Volume, fixed: Volume, initial=None) -> dict[str, Volume]:
     """A method's label maps on the fixed grid as volumes; ``moving_segmentation`` goes back onto
-    the moving image's own grid (nearest neighbour) so that it overlays the moving image."""
+    the moving image's own grid (nearest neighbour; through the inverse initial transform when
+    registration started from one) so that it overlays the moving image."""
     volumes = {}
     for name, (labels, label_names) in predicted.items():
         volume = Volume(np.asarray(labels), fixed.affine, is_labels=True, label_names=label_names)
         if name == "moving_segmentation":
-            volume = on_fixed_grid(volume, moving)
+            volume = on_fixed_grid(volume, moving) if initial is None else initial.back_to_moving(volume, moving)
         volumes[name] = volume
     return volumes
 
