@@ -84,6 +84,14 @@ def pytest_runtest_setup(item):
         pytest.skip("needs a display: run under xvfb-run -a (or set QT_QPA_PLATFORM=offscreen)")
 
 
+@pytest.fixture(autouse=True)
+def widget_settings(tmp_path, monkeypatch) -> Path:
+    """Each test keeps its widget settings in a folder of its own (never the user's ~/.config)."""
+    folder = tmp_path / "config"
+    monkeypatch.setenv("WARPSEG_CONFIG", str(folder))
+    return folder
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)

@@ -316,3 +316,26 @@ def test_jobs_run_at_a_lower_priority_than_the_viewer():
     assert seen == [min(19, viewer_priority + JOB_NICENESS)] * 2  # not lowered again by the second job
     if os.geteuid() == 0:  # raising a priority back needs the right to
         assert after[0][1] == after[0][0]
+
+
+def test_the_widget_remembers_the_last_run_and_each_methods_options(make_napari_viewer, qtbot, sample_cache,
+                                                                   errors, widget_settings):
+    viewer = make_napari_viewer()
+    widget = open_widget(viewer)
+    widget.method.value, widget.method_options.value = "nir", "iterations=3"
+    widget.start()
+    wait_until_idle(qtbot, widget)
+    widget.method.value, widget.method_options.value = "sitk-demons", FAST_DEMONS
+    widget.device.value = "cpu"
+    widget.start()
+    wait_until_idle(qtbot, widget)
+    assert not errors
+    again = open_widget(make_napari_viewer(), None)  # a later session
+    assert (again.method.value, again.method_options.value, again.device.value) == ("sitk-demons", FAST_DEMONS, "cpu")
+    again.method.value = "nir"
+    assert again.method_options.value == "iterations=3"
+    again.method.value = "identity"
+    assert again.method_options.value == ""
+    (widget_settings / "widgets.json").write_text("{not json")
+    fresh = open_widget(make_napari_viewer(), None)  # a damaged file: the defaults, no error
+    assert fresh.method.value == "sitk-demons" and fresh.method_options.value == "" and not errors

@@ -54,7 +54,7 @@ def register_in_viewer(pair: dict[str, Volume], method: str, screenshots: Path |
         widget = RegistrationWidget(viewer)
         viewer.window.add_dock_widget(widget, name="Register", area="right")
         viewer.window.resize(*WINDOW_SIZE)
-        widget.method.value = method
+        widget.method.value, widget.method_options.value = method, ""  # defaults, not saved settings
         widget.start()
         application, shown = QApplication.instance(), ""
         while widget.busy:

@@ -14,6 +14,7 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, FileEdit, Label, LineEdit, PushButton
 
 from warpseg._plugin._result_views import layer_name, preview_layer, result_layers, slice_overlays
+from warpseg._plugin._settings import load_settings, save_settings
 from warpseg._plugin._widget_base import JobWidget
 from warpseg.errors import InputError, WarpsegError
 from warpseg.methods import METHODS
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from warpseg.engine import RegistrationResult
 
 DEFAULT_METHOD = "sitk-demons"
+SETTINGS_KEY = "register"
 FLICKER_MS = 600
 PREVIEW_DELAY_MS = 40  # a preview fills the live layer this long after its progress record is drawn
 METRICS_LINES = 5  # room for describe_metrics's four lines: with only four the last is clipped in the dock
@@ -70,21 +72,35 @@ class RegistrationWidget(JobWidget):
         napari_viewer.dims.events.current_step.connect(self._update_slice_overlays)
         napari_viewer.dims.events.ndisplay.connect(self._update_slice_overlays)
         self.pick_default_layers()
+        self.restore_settings()
         self._describe_method()
 
     def _describe_method(self, *_: Any) -> None:
         self.about.value = describe_method(self.method.value)
+        self.method_options.value = load_settings(SETTINGS_KEY).get("options", {}).get(self.method.value, "")
         defaults = getattr(METHODS[self.method.value], "defaults", None)
         self.method_options.tooltip = ("KEY=VALUE pairs separated by spaces, e.g. iterations=60,30,10. " +
                                        (f"Options: {', '.join(sorted(defaults))}" if defaults else "No options."))
 
+    def restore_settings(self) -> None:
+        """The method and device last run (the options follow the method, see :meth:`_describe_method`)."""
+        saved = load_settings(SETTINGS_KEY)
+        if saved.get("method") in METHODS:
+            self.method.value = saved["method"]
+        if saved.get("device") in self.device.choices:
+            self.device.value = saved["device"]
+
+    def remember_settings(self, request: dict[str, Any]) -> None:
+        """Keep what is being run for the next session: method, device, and this method's options."""
+        options = {**load_settings(SETTINGS_KEY).get("options", {}), request["method"]: self.method_options.value}
+        save_settings(SETTINGS_KEY, {"method": request["method"], "device": request["device"], "options": options})
+
     # --- running -------------------------------------------------------------------------------
     def request(self) -> dict[str, Any]:
         """The register() arguments from the widget's fields; a clear InputError when they are wrong."""
-        from warpseg.options import parse_options
-
         from warpseg.io import read_initial_transform
         from warpseg.io.initial_transform import check_initial_transform
+        from warpseg.options import parse_options
 
         volumes = self.pair_volumes()
         weights = str(self.weights.value) if str(self.weights.value) not in ("", ".") else None
@@ -106,6 +122,7 @@ class RegistrationWidget(JobWidget):
         from warpseg.engine import register
 
         request = self.request()
+        self.remember_settings(request)
         fixed, method = request["fixed"], request["method"]
         slice_at = self.slice_position(fixed)
         self._running_method, self._running_fixed = method, fixed

@@ -30,7 +30,7 @@ def run_viewer_benchmark(methods=None, output: Path = Path("BENCHMARKS.md")) -> 
                 getattr(viewer, f"add_{layer_type}")(data, **attributes)
             widget = RegistrationWidget(viewer)
             viewer.window.add_dock_widget(widget, name="Register")
-            widget.method.value = method
+            widget.method.value, widget.method_options.value = method, ""  # defaults, not saved settings
             measured = probe_registration(widget)
             print(f"[bench viewer] {method}: {measured}", file=sys.stderr)
             rows.append((method, measured))
