@@ -141,7 +141,7 @@ def test_cancel_stops_the_job_and_adds_nothing(make_napari_viewer, qtbot, sample
 
 
 @pytest.mark.parametrize("problem", ["no layers", "2D vs 3D", "labels as image", "same layer", "bad option",
-                                     "not a transform", "transform on 2D"])
+                                     "not a transform", "transform on 2D", "mask off its grid"])
 def test_bad_input_shows_an_error_and_changes_nothing(make_napari_viewer, qtbot, sample_cache, errors, problem,
                                                       tmp_path):
     from warpseg._plugin._sample_data import brain_pair
@@ -158,6 +158,8 @@ def test_bad_input_shows_an_error_and_changes_nothing(make_napari_viewer, qtbot,
         widget.moving.value = viewer.layers["fixed"]
     elif problem == "bad option":
         widget.method_options.value = "iterations"
+    elif problem == "mask off its grid":
+        widget.fixed_mask.value = viewer.layers["moving labels"]
     elif problem == "not a transform":
         (tmp_path / "notes.txt").write_text("hello")
         widget.initial.value = tmp_path / "notes.txt"
@@ -171,7 +173,7 @@ def test_bad_input_shows_an_error_and_changes_nothing(make_napari_viewer, qtbot,
     expected = {"no layers": "pick a moving and a fixed", "2D vs 3D": "is 3D but fixed layer",
                 "labels as image": "is a Labels layer", "same layer": "same layer",
                 "bad option": "not KEY=VALUE", "not a transform": "not an ITK transform file",
-                "transform on 2D": "needs 3D images"}[problem]
+                "transform on 2D": "needs 3D images", "mask off its grid": "not on the fixed image's grid"}[problem]
     assert len(errors) == 1 and expected in errors[0], errors
     after = snapshot(viewer)
     assert [(n, t) for n, t, _ in after] == [(n, t) for n, t, _ in before]
@@ -196,6 +198,19 @@ def test_an_initial_transform_file_is_where_the_registration_starts(make_napari_
         assert widget.result is not None, (widget.log.value, errors)
         scores.append(widget.result.metrics["dice_mean"])
     assert not errors and scores[1] < scores[0] - 0.05
+
+
+def test_masks_from_label_layers_restrict_what_the_method_sees(make_napari_viewer, qtbot, sample_cache, errors):
+    viewer = make_napari_viewer()
+    widget = open_widget(viewer)
+    widget.method.value, widget.method_options.value = "sitk-demons", FAST_DEMONS
+    fields = []
+    for mask in (None, viewer.layers["fixed labels"]):
+        widget.fixed_mask.value = mask
+        widget.start()
+        wait_until_idle(qtbot, widget)
+        fields.append(widget.result.displacement)
+    assert not errors and not np.allclose(fields[0], fields[1], atol=0.05)
 
 
 def test_an_error_inside_the_job_is_reported_and_adds_nothing(make_napari_viewer, qtbot, sample_cache, errors):

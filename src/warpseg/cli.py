@@ -54,6 +54,10 @@ def _add_register(commands) -> None:
                          help="CSV of x,y,z world points in mm (RAS), one per row (a header row allowed)")
     command.add_argument("--fixed-landmarks", type=Path, default=None,
                          help="CSV of the corresponding fixed points, same order; result.json gets tre_mm_*")
+    command.add_argument("--moving-mask", type=Path, default=None,
+                         help="mask on the moving image's grid (non-zero inside): the method sees only that part")
+    command.add_argument("--fixed-mask", type=Path, default=None,
+                         help="mask on the fixed image's grid (non-zero inside): the method sees only that part")
     command.add_argument("--initial-transform", type=Path, default=None,
                          help="ITK transform file (affine/rigid: .tfm, .txt, ANTs .mat, Slicer .h5) mapping fixed "
                               "to moving points, to start from; the written field includes it")
@@ -81,10 +85,12 @@ def _run_register(args) -> int:
     fixed = read_volume(args.fixed, labels=False)
     moving_labels = read_volume(args.moving_labels, labels=True) if args.moving_labels else None
     fixed_labels = read_volume(args.fixed_labels, labels=True) if args.fixed_labels else None
+    masks = {f"{side}_mask": read_volume(path, labels=True) if path else None
+             for side, path in (("moving", args.moving_mask), ("fixed", args.fixed_mask))}
     initial = read_initial_transform(args.initial_transform) if args.initial_transform else None
     job = register(moving, fixed, args.method, moving_labels=moving_labels, fixed_labels=fixed_labels,
                    weights=args.weights, device=args.device, options=parse_options(args.option),
-                   landmarks=landmarks, initial_transform=initial)
+                   landmarks=landmarks, initial_transform=initial, **masks)
     result = run_to_end(job, None if args.quiet else ProgressPrinter(args.method))
     if initial is not None:
         result.details["initial_transform"] = str(args.initial_transform)

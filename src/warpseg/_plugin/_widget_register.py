@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, FileEdit, Label, LineEdit, PushButton
 
+from warpseg._plugin._layers import layer_to_volume
 from warpseg._plugin._result_views import layer_name, preview_layer, result_layers, slice_overlays
 from warpseg._plugin._settings import load_settings, save_settings
 from warpseg._plugin._widget_base import JobWidget
@@ -44,6 +45,9 @@ class RegistrationWidget(JobWidget):
         self.about = Label(label="")
         self.weights = FileEdit(label="weights", mode="r", filter="*.pt", value="",
                                 tooltip="a checkpoint file (.pt); empty uses the shipped weights")
+        self.moving_mask, self.fixed_mask = self.labels_picker("moving mask"), self.labels_picker("fixed mask")
+        for picker in (self.moving_mask, self.fixed_mask):
+            picker.tooltip = "a Labels layer on the image's grid (non-zero inside): the method sees only that part"
         self.initial = FileEdit(label="initial transform", mode="r", filter="*.tfm *.txt *.mat *.h5", value="",
                                 tooltip="an ITK affine or rigid transform (ANTs, Slicer, SimpleITK) to start from; "
                                         "empty: start from the images as they lie")
@@ -56,7 +60,7 @@ class RegistrationWidget(JobWidget):
         self.flicker = CheckBox(text="flicker fixed / warped", value=False)
         self.save_folder = FileEdit(label="save to", mode="d", value="")
         self.save_button = PushButton(text="Save results", enabled=False)
-        self.extend([*self.pair_widgets(), self.method, self.about, self.weights, self.initial, self.device,
+        self.extend([*self.pair_widgets(), self.moving_mask, self.fixed_mask, self.method, self.about, self.weights, self.initial, self.device,
                      self.scheduler,
                      self.method_options, *self.run_widgets(), self.metrics, self.flicker, self.save_folder,
                      self.save_button])
@@ -98,6 +102,7 @@ class RegistrationWidget(JobWidget):
     # --- running -------------------------------------------------------------------------------
     def request(self) -> dict[str, Any]:
         """The register() arguments from the widget's fields; a clear InputError when they are wrong."""
+        from warpseg.engine.validate import check_mask
         from warpseg.io import read_initial_transform
         from warpseg.io.initial_transform import check_initial_transform
         from warpseg.options import parse_options
@@ -115,8 +120,13 @@ class RegistrationWidget(JobWidget):
                 raise InputError("an initial transform runs on this computer only; empty 'run on', or the transform")
             initial = read_initial_transform(self.initial.value)
             check_initial_transform(initial, volumes["fixed"])
+        masks = {f"{side}_mask": None if picker.value is None else layer_to_volume(picker.value)
+                 for side, picker in (("moving", self.moving_mask), ("fixed", self.fixed_mask))}
+        for side in ("moving", "fixed"):
+            if masks[f"{side}_mask"] is not None:
+                check_mask(masks[f"{side}_mask"], volumes[side], side)
         return {**volumes, "method": self.method.value, "weights": weights, "device": self.device.value,
-                "options": options, "scheduler": scheduler, "initial_transform": initial}
+                "options": options, "scheduler": scheduler, "initial_transform": initial, "masks": masks}
 
     def prepare_job(self):
         from warpseg.engine import register
@@ -130,7 +140,8 @@ class RegistrationWidget(JobWidget):
 
         def make_job():  # here, or on a Dask cluster (same contract, progress streams back)
             arguments = {"moving_labels": request["moving_labels"], "fixed_labels": request["fixed_labels"],
-                         "weights": request["weights"], "device": request["device"], "options": request["options"]}
+                         "weights": request["weights"], "device": request["device"], "options": request["options"],
+                         **request["masks"]}
             if request["scheduler"]:
                 from warpseg.batch.remote import remote_register
 

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from warpseg.engine.result import RegistrationResult
-from warpseg.engine.validate import check_pair
+from warpseg.engine.validate import check_mask, check_pair
 from warpseg.io.landmarks import Landmarks, check_landmarks_inside, landmark_metrics
 from warpseg.io.volume import Volume
 from warpseg.methods import MethodOutput, Progress, RegistrationInput, get_method
@@ -57,7 +57,8 @@ def normalise_intensity(array: np.ndarray, low: float = 0.5, high: float = 99.5)
 def register(moving: Volume, fixed: Volume, method: str, *, moving_labels: Volume | None = None,
              fixed_labels: Volume | None = None, weights: str | None = None, device: str = "auto",
              options: dict[str, Any] | None = None, landmarks: Landmarks | None = None,
-             initial_transform=None) -> RegistrationJob:
+             initial_transform=None, moving_mask: Volume | None = None,
+             fixed_mask: Volume | None = None) -> RegistrationJob:
     """Register ``moving`` to ``fixed`` with the named method.
 
     A generator: it yields :class:`Progress` records and returns a :class:`RegistrationResult`
@@ -66,11 +67,16 @@ def register(moving: Volume, fixed: Volume, method: str, *, moving_labels: Volum
     With ``initial_transform`` (a ``SimpleITK.Transform``, ITK convention, e.g. from
     :func:`~warpseg.io.read_initial_transform`) the method starts from the moving image resampled
     through it, and the result's field is the whole map; the 'before' scores are without it.
+    Masks (label maps on their image's grid, non-zero inside) restrict what the method sees: it
+    registers the images zeroed outside them, while the outputs warp the whole moving image.
     """
     from warpseg.io.initial_transform import InitialAlignment
 
     started = time.perf_counter()
     check_pair(moving, fixed, moving_labels, fixed_labels)
+    for name, mask, image in (("moving", moving_mask, moving), ("fixed", fixed_mask, fixed)):
+        if mask is not None:
+            check_mask(mask, image, name)
     if landmarks is not None:
         check_landmarks_inside(landmarks, fixed)
     method_class = get_method(method)
@@ -82,7 +88,10 @@ def register(moving: Volume, fixed: Volume, method: str, *, moving_labels: Volum
     moving_on_fixed, labels_on_fixed = on_fixed_grid(moving, fixed), on_fixed_grid(moving_labels, fixed)
     start = (moving_on_fixed, labels_on_fixed) if initial is None else (
         initial.start(moving, fixed), initial.start(moving_labels, fixed))
-    pair = prepare_pair(start[0], fixed, start[1], fixed_labels, device)
+    if moving_mask is not None:
+        mask = on_fixed_grid(moving_mask, fixed) if initial is None else initial.start(moving_mask, fixed)
+        start = (masked(start[0], mask), start[1])
+    pair = prepare_pair(start[0], masked(fixed, fixed_mask), start[1], fixed_labels, device)
     method_started = time.perf_counter()
     output: MethodOutput = yield from instance.run(pair)
     seconds_registration = time.perf_counter() - method_started
@@ -105,6 +114,12 @@ def on_fixed_grid(volume: Volume | None, fixed: Volume) -> Volume | None:
     if volume is None or volume.same_grid(fixed):
         return volume
     return resample_volume(volume, fixed)
+
+
+def masked(image: Volume, mask: Volume | None) -> Volume:
+    """``image`` zeroed outside ``mask`` (on its grid); itself without a mask."""
+    return image if mask is None else image.with_array(np.where(mask.array != 0, image.array, 0).astype(np.float32),
+                                                       is_labels=False)
 
 
 def prepare_pair(moving_on_fixed: Volume, fixed: Volume, labels_on_fixed: Volume | None,

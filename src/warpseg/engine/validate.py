@@ -44,3 +44,15 @@ def check_labels(labels: Volume, image: Volume, name: str) -> None:
             f"the {name} labels (shape {labels.shape}) are not on the {name} image's grid "
             f"(shape {image.shape}) or their affines differ; resample the labels onto the image first"
         )
+
+
+def check_mask(mask: Volume, image: Volume, name: str) -> None:
+    """A mask is a label map (non-zero: inside) on its image's grid, with something inside."""
+    if not np.issubdtype(mask.array.dtype, np.integer) and mask.array.dtype != bool:
+        raise InputError(f"the {name} mask is not integer; give a mask (0 outside, non-zero inside)")
+    if not mask.same_grid(image):
+        raise GeometryError(
+            f"the {name} mask (shape {mask.shape}) is not on the {name} image's grid (shape {image.shape}) "
+            "or their affines differ; resample the mask onto the image first")
+    if not np.any(mask.array):
+        raise InputError(f"the {name} mask is empty (all zero); give a mask that covers what to register")
