@@ -60,10 +60,9 @@ class RegistrationWidget(JobWidget):
         self.flicker = CheckBox(text="flicker fixed / warped", value=False)
         self.save_folder = FileEdit(label="save to", mode="d", value="")
         self.save_button = PushButton(text="Save results", enabled=False)
-        self.extend([*self.pair_widgets(), self.moving_mask, self.fixed_mask, self.method, self.about, self.weights, self.initial, self.device,
-                     self.scheduler,
-                     self.method_options, *self.run_widgets(), self.metrics, self.flicker, self.save_folder,
-                     self.save_button])
+        self.extend([*self.pair_widgets(), self.moving_mask, self.fixed_mask, self.method, self.about, self.weights,
+                     self.initial, self.device, self.scheduler, self.method_options, *self.run_widgets(), self.metrics,
+                     self.flicker, self.save_folder, self.save_button])
         self.reserve_lines(self.about, 4)
         self.reserve_lines(self.log, 2)
         self.reserve_lines(self.metrics, METRICS_LINES, wrap=False)

@@ -58,6 +58,7 @@ def segment(image: Volume, method: str, *, atlas: tuple[Volume, Volume] | None =
     the image's grid. Closing it cancels the work.
     """
     from warpseg.engine.register import resolve_device, weights_and_options
+
     started = time.perf_counter()
     check_image(image, "image")
     if reference is not None:

@@ -13,9 +13,6 @@ import numpy as np
 from warpseg.errors import InputError
 from warpseg.io.volume import Volume
 
-TRANSFORM_SUFFIXES = (".tfm", ".txt", ".mat", ".h5", ".hdf5")
-
-
 def read_initial_transform(path: str | Path):
     """A ``SimpleITK.Transform`` from an ITK transform file; it must be 3D and invertible."""
     import SimpleITK as sitk
