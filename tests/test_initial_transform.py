@@ -118,6 +118,6 @@ def test_a_joint_methods_moving_segmentation_goes_back_through_the_inverse():
     moving, labels, fixed, _ = pair_through(transform)
     alignment = InitialAlignment(transform, moving, fixed)
     on_start = alignment.start(labels, fixed)
-    back = alignment.back_to_moving(on_start, moving)
+    back = alignment.back_to_moving(on_start)
     agreement = (back.array == labels.array)[labels.array > 0].mean()
     assert back.shape == moving.shape and agreement > 0.9

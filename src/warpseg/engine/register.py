@@ -195,7 +195,7 @@ def segmentation_volumes(predicted: dict, moving: Volume, fixed: Volume, initial
     for name, (labels, label_names) in predicted.items():
         volume = Volume(np.asarray(labels), fixed.affine, is_labels=True, label_names=label_names)
         if name == "moving_segmentation":
-            volume = on_fixed_grid(volume, moving) if initial is None else initial.back_to_moving(volume, moving)
+            volume = on_fixed_grid(volume, moving) if initial is None else initial.back_to_moving(volume)
         volumes[name] = volume
     return volumes
 

@@ -6,6 +6,7 @@ it, and the result's field is the whole map, initial transform included.
 """
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -71,8 +72,13 @@ class InitialAlignment:
 
     def __init__(self, transform, moving: Volume, fixed: Volume) -> None:
         check_initial_transform(transform, fixed)
+        self.transform, self.moving = transform, moving
         self.forward = transform_displacement(transform, fixed)
-        self.backward = transform_displacement(transform.GetInverse(), moving)
+
+    @cached_property
+    def backward(self):
+        """Only joint methods' moving segmentations need it, so it is made on first use."""
+        return transform_displacement(self.transform.GetInverse(), self.moving)
 
     def start(self, volume: Volume | None, fixed: Volume) -> Volume | None:
         """A moving image (or label map) resampled onto the fixed grid through the transform."""
@@ -94,8 +100,8 @@ class InitialAlignment:
         field = torch.as_tensor(np.asarray(displacement, dtype=np.float32))[None]
         return compose_displacements(self.forward, field)[0].numpy()
 
-    def back_to_moving(self, volume: Volume, moving: Volume) -> Volume:
+    def back_to_moving(self, volume: Volume) -> Volume:
         """A label map (or image) predicted on the start grid, back on the moving image's own grid."""
         from warpseg.spatial import resample_volume
 
-        return resample_volume(volume, moving, self.backward)
+        return resample_volume(volume, self.moving, self.backward)
