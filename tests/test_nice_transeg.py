@@ -226,6 +226,48 @@ def test_frozen_registration_keeps_the_warm_start_field_while_the_branches_learn
                               model.eval()(moving, fixed)["displacement"], atol=1e-5)
 
 
+def test_a_registration_lr_scale_slows_the_registration_part_but_keeps_it_learning(tmp_path):
+    from warpseg.learning.losses import SegmentationLoss
+    from warpseg.learning.train import TrainingConfig, parameter_groups
+
+    _, model, _ = warm_started_transeg(tmp_path)
+    rate, scale, steps = 1e-3, 0.1, 3
+    groups = parameter_groups(model, TrainingConfig(method="nice-transeg", ndim=2, data="", learning_rate=rate,
+                                                    registration_lr_scale=scale))
+    assert {id(p) for p in groups[0]["params"]} == {id(p) for p in model.segmentation_branch_parameters()}
+    assert groups[1]["lr"] == pytest.approx(rate * scale) and len(groups[1]["params"]) > 0
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    optimiser = torch.optim.Adam(groups, lr=rate)
+    image, labels = blob_pair((32, 32), np.eye(4), 1)
+    image, labels = torch.as_tensor(image.array)[None, None], torch.as_tensor(labels.array).long()[None, None]
+    for _ in range(steps):
+        outputs = model(image, image)
+        total = sum(sum(SegmentationLoss()(outputs[key], labels).values())
+                    for key in ("moving_segmentation", "fixed_segmentation")) - outputs["displacement"].abs().mean()
+        optimiser.zero_grad()
+        total.backward()
+        optimiser.step()
+    branch_names = {name for name, _ in model.named_parameters() if name.split(".")[0].endswith("_branch")}
+    moved = {name: float((p.detach() - before[name]).abs().max()) for name, p in model.named_parameters()}
+    registration_moved = max(value for name, value in moved.items() if name not in branch_names)
+    bound = steps * rate * scale * 1.05  # an Adam step moves a weight by at most about its learning rate
+    assert 0 < registration_moved <= bound
+    assert max(moved[name] for name in branch_names) > 2 * bound
+
+
+def test_a_registration_lr_scale_is_refused_where_it_means_nothing(tmp_path, capsys):
+    from warpseg.cli import main
+
+    for extra in (["--registration-lr-scale", "0"], ["--registration-lr-scale", "0.1", "--freeze-registration",
+                                                     "--init-from", "w0.pt"]):
+        assert main(["train", "nice-transeg", "--ndim", "2", "--steps", "1", "--out", str(tmp_path / "w.pt"),
+                     *extra]) != 0
+        assert "--registration-lr-scale applies to nice-transeg without --freeze-registration" in capsys.readouterr().err
+    assert main(["train", "seg-unet", "--ndim", "2", "--steps", "1", "--registration-lr-scale", "0.5",
+                 "--out", str(tmp_path / "w.pt")]) != 0
+    assert not (tmp_path / "w.pt").exists()
+
+
 def test_freezing_the_registration_needs_nice_transeg_and_trained_weights(tmp_path, capsys):
     from warpseg.cli import main
 

@@ -127,7 +127,7 @@ def test_resuming_a_frozen_run_without_the_flag_is_refused_and_the_checkpoint_ke
                  "--init-from", str(METHODS["nice-trans"]().weights_path(2))]) == 0
     written = out.read_bytes()
     assert main([*common, "--steps", "2", "--resume"]) != 0
-    assert "resume with the options it started with (--freeze-registration or not)" in capsys.readouterr().err
+    assert "resume with the options it started with (--freeze-registration, --registration-lr-scale)" in capsys.readouterr().err
     assert out.read_bytes() == written
 
 

@@ -243,6 +243,10 @@ def _add_train(commands) -> None:
     command.add_argument("--freeze-registration", action="store_true",
                          help="nice-transeg: train the segmentation branches only; the encoder, affine step and "
                               "registration decoder keep their --init-from weights (a warm-up on small budgets)")
+    command.add_argument("--registration-lr-scale", type=float, default=1.0,
+                         help="nice-transeg: the encoder, affine step and registration decoder learn at this share "
+                              "of --lr, the segmentation branches at --lr (default 1; below 1 keeps the warm start's "
+                              "registration while the branches learn, and both still exchange features)")
     command.add_argument("--label-maps", type=int, default=15, help="SynthSeg label maps used for synthetic images")
     command.add_argument("--spacing", type=float, default=None,
                          help="3D training grid spacing in mm (default 2; coarser trains faster, recorded in the checkpoint)")
@@ -280,6 +284,10 @@ def _run_train(args) -> int:
         raise WarpsegError("--freeze-registration applies to nice-transeg started from trained weights "
                            "(--init-from a nice-trans or nice-transeg checkpoint, or --resume); add --init-from or "
                            "leave it out")
+    if args.registration_lr_scale != 1.0 and (args.method != "nice-transeg" or args.freeze_registration
+                                              or not 0.0 < args.registration_lr_scale <= 1.0):
+        raise WarpsegError("--registration-lr-scale applies to nice-transeg without --freeze-registration and takes "
+                           f"a share in (0, 1], got {args.registration_lr_scale}; fix it or leave it out")
     if args.validation_subjects:
         validation = tuple(args.validation_subjects.split(","))
     else:
@@ -294,7 +302,7 @@ def _run_train(args) -> int:
         model_options=parse_options(args.model_option), labels=args.labels, shots=shots,
         segmentation_weight=args.segmentation_weight, consistency_weight=args.consistency_weight,
         self_pairs=args.self_pairs, init_from=str(args.init_from) if args.init_from else None,
-        freeze_registration=args.freeze_registration)
+        freeze_registration=args.freeze_registration, registration_lr_scale=args.registration_lr_scale)
     printer = ProgressPrinter(f"train {args.method}", 5.0) if is_main_process() else None
     path = run_to_end(train_registration(config, args.out, resume=args.resume, distributed=args.distributed), printer)
     if is_main_process():

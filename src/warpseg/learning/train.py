@@ -52,6 +52,7 @@ class TrainingConfig:
     self_pairs: float = 0.0  # K = 1: share of steps pairing the atlas with an augmented copy of itself
     init_from: str | None = None  # checkpoint(s), comma-separated, to warm-start from (learning/warm_start.py)
     freeze_registration: bool = False  # nice-transeg: train the segmentation branches only
+    registration_lr_scale: float = 1.0  # nice-transeg: the registration part learns at this share of the rate
 
 
 @dataclass
@@ -133,9 +134,7 @@ def _train(config: TrainingConfig, out: Path, resume: bool, context) -> Generato
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(rank_seed(config.seed, rank))
     model = new_model(config.method, config.ndim, **{**task.model_options, **config.model_options}).to(device)
-    if config.freeze_registration:
-        model.freeze_registration()
-    optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate)
+    optimiser = torch.optim.Adam(parameter_groups(model, config), lr=config.learning_rate)
     state_file = out.with_suffix(".state.pt")
     history, step = [], 0
     if resume and state_file.exists():
@@ -174,6 +173,21 @@ def _train(config: TrainingConfig, out: Path, resume: bool, context) -> Generato
     return out
 
 
+def parameter_groups(model, config: TrainingConfig) -> list[dict]:
+    """The optimiser's parameter groups: one, or for NICE-Transeg with ``freeze_registration`` the
+    segmentation branches alone, or with ``registration_lr_scale`` the branches at the learning rate
+    and the rest (encoder, affine step, registration decoder) at that share of it."""
+    if config.freeze_registration:
+        model.freeze_registration()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if config.registration_lr_scale == 1.0 or config.freeze_registration:
+        return [{"params": trainable}]
+    branches = {id(p) for p in model.segmentation_branch_parameters()}
+    return [{"params": [p for p in trainable if id(p) in branches]},
+            {"params": [p for p in trainable if id(p) not in branches],
+             "lr": config.learning_rate * config.registration_lr_scale}]
+
+
 def _resume(state_file: Path, model, optimiser, generator: torch.Generator, rank: int) -> tuple[int, list]:
     """Load a ``.state.pt`` into the model, optimiser and this rank's generator; return step and history.
 
@@ -186,7 +200,7 @@ def _resume(state_file: Path, model, optimiser, generator: torch.Generator, rank
         optimiser.load_state_dict(state["optimiser"])
     except ValueError as error:
         raise InputError(f"{state_file} was saved by a run that trained other parameters ({error}); resume with the "
-                         "options it started with (--freeze-registration or not)") from error
+                         "options it started with (--freeze-registration, --registration-lr-scale)") from error
     generators = state.get("generators") or [state["generator"]]
     if rank < len(generators):
         generator.set_state(generators[rank])

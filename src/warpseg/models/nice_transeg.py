@@ -111,9 +111,13 @@ class NiceTranseg(NiceTrans):
         the warm start's while the branches learn.
         """
         self.requires_grad_(False)
-        for branch in (self.moving_branch, self.fixed_branch):
-            branch.requires_grad_(True)
+        for parameter in self.segmentation_branch_parameters():
+            parameter.requires_grad_(True)
         return sum(not parameter.requires_grad for parameter in self.parameters())
+
+    def segmentation_branch_parameters(self) -> list[torch.nn.Parameter]:
+        """The moving and fixed segmentation branches' parameters (everything else registers)."""
+        return [*self.moving_branch.parameters(), *self.fixed_branch.parameters()]
 
     def fuse_width(self, width: int, state: int) -> int:
         """The registration fuse also takes the fixed and the warped moving segmentation features."""
