@@ -176,6 +176,36 @@ def test_shipped_nice_trans_weights_still_load_into_the_refactored_network():
     assert torch.isfinite(outputs["displacement"]).all() and outputs["displacement"].shape == (1, 2, 32, 32)
 
 
+def test_segmenting_fuses_the_network_map_with_the_atlas_labels_warped_by_the_same_pass(tmp_path):
+    """An untrained model barely moves the atlas (|u| < 0.001 voxel), so the warped atlas labels are
+    nearly one-hot and outvote any network probability: the fused map is the atlas's labels."""
+    from warpseg.engine import segment
+
+    weights = str(tiny_segmentation_checkpoint(tmp_path / "w.pt", tiny_transeg(2)))
+    image, labels = blob_pair((32, 40), np.eye(4), 1)
+    fused = run_to_end(segment(image, "nice-transeg", atlas=(image, labels), weights=weights, device="cpu"))
+    network = fused.segmentations["network_segmentation"]
+    assert np.array_equal(fused.segmentation.array, labels.array)
+    assert not np.array_equal(network.array, labels.array) and network.label_names == NAMES
+    alone = run_to_end(segment(image, "nice-transeg", atlas=(image, labels), weights=weights, device="cpu",
+                               options={"fuse_atlas_labels": "false"}))
+    assert np.array_equal(alone.segmentation.array, network.array) and not alone.segmentations
+
+
+def test_atlas_labels_outside_the_model_label_set_are_refused_for_fusion_only(tmp_path):
+    from warpseg.engine import segment
+    from warpseg.errors import InputError
+
+    weights = str(tiny_segmentation_checkpoint(tmp_path / "w.pt", tiny_transeg(2)))
+    image, labels = blob_pair((32, 40), np.eye(4), 1)
+    foreign = labels.with_array(labels.array * 3, is_labels=True)  # IDs up to 9 for a 4-label model
+    with pytest.raises(InputError, match="fuse_atlas_labels=false"):
+        run_to_end(segment(image, "nice-transeg", atlas=(image, foreign), weights=weights, device="cpu"))
+    alone = run_to_end(segment(image, "nice-transeg", atlas=(image, foreign), weights=weights, device="cpu",
+                               options={"fuse_atlas_labels": False}))
+    assert alone.segmentation.shape == image.shape
+
+
 def test_labels_map_back_with_the_checkpoint_label_ids():
     """Probabilities are resized to the native grid before the argmax, so labels keep their IDs."""
     from warpseg.learning.preprocess import plan_grid

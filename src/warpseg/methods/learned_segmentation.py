@@ -40,7 +40,7 @@ class LearnedSegmentation(ShippedWeights, SegmentationMethod):
         from warpseg.engine.register import normalise_intensity
         from warpseg.methods.sitk_runner import resolve_options
 
-        resolve_options(self.defaults, self.options, self.name)
+        self.resolved = resolve_options(self.defaults, self.options, self.name)
         path = self.weights_path(image.ndim)
         model, checkpoint = load_learned_model(path, image.ndim, device)
         yield Progress("segment", 0, 1, f"{self.name}: one forward pass")
