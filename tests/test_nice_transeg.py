@@ -192,6 +192,30 @@ def test_segmenting_fuses_the_network_map_with_the_atlas_labels_warped_by_the_sa
     assert np.array_equal(alone.segmentation.array, network.array) and not alone.segmentations
 
 
+def test_the_checkpoint_atlases_vote_together_and_the_atlases_option_picks_how_many(tmp_path):
+    """Two kept atlases (nearly unmoved by an untrained model): where their labels agree the fused map
+    takes them (2 + p votes against at most 2 - p); with ``atlases=1`` it is the first atlas's labels."""
+    from warpseg.engine import segment
+
+    image, first = blob_pair((32, 48), np.eye(4), 1)
+    second = first.with_array(np.roll(first.array, 3, axis=0), is_labels=True)
+    records = [{"subject": name, "image": torch.as_tensor(image.array, dtype=torch.float16)[None, None],
+                "labels": torch.as_tensor(labels.array)[None, None]} for name, labels in (("A", first), ("B", second))]
+    weights = tiny_segmentation_checkpoint(tmp_path / "w.pt", tiny_transeg(2))
+    payload = torch.load(weights, weights_only=True)
+    payload["segmentation"].update(atlas=records[0], further_atlases=records[1:])
+    torch.save(payload, weights)
+
+    both = run_to_end(segment(image, "nice-transeg", weights=str(weights), device="cpu"))
+    agree = first.array == second.array
+    assert np.array_equal(both.segmentation.array[agree], first.array[agree]) and not agree.all()
+    assert both.details["atlas"] == "checkpoint atlas A; checkpoint atlas B"
+    one = run_to_end(segment(image, "nice-transeg", weights=str(weights), device="cpu", options={"atlases": 1}))
+    assert np.array_equal(one.segmentation.array, first.array) and one.details["atlas"] == "checkpoint atlas A"
+    assert np.array_equal(one.segmentations["network_segmentation"].array,
+                          both.segmentations["network_segmentation"].array)
+
+
 def test_atlas_labels_outside_the_model_label_set_are_refused_for_fusion_only(tmp_path):
     from warpseg.engine import segment
     from warpseg.errors import InputError

@@ -143,6 +143,9 @@ def test_train_then_segment_writes_the_checkpoint_label_ids_and_names(tmp_path, 
     assert data["labelled_subjects"] == ["subjX", "subjY"] and data["validation_subjects"] == ["vxm"]
     assert 0 <= checkpoint["training"]["validation"]["segmentation_dice"] <= 1
     assert ("atlas" in record) == (method == "nice-transeg")
+    if method == "nice-transeg":  # the further real labelled atlas is kept too, for multi-atlas segmentation
+        assert record["atlas"]["subject"] == "subjX" and [r["subject"] for r in record["further_atlases"]] == ["subjY"]
+        assert_further_atlases_can_be_stored_afterwards(weights, shared_data, checkpoint)
 
     out, slices = tmp_path / "out", shared_data / "oasis2d"
     assert main(["segment", str(slices / "vxm_slice_norm.nii.gz"), "--method", method, "--weights", str(weights),
@@ -157,6 +160,22 @@ def test_train_then_segment_writes_the_checkpoint_label_ids_and_names(tmp_path, 
         assert read_volume(out / "segmentation.nii.gz", labels=True).label_names == record["label_names"]
     summary = json.loads((out / "result.json").read_text())
     assert summary["method"] == method and "dice_mean" in summary and summary["details"]["label_set"] == "seg4"
+
+
+def assert_further_atlases_can_be_stored_afterwards(weights, shared_data, checkpoint: dict) -> None:
+    """A checkpoint from before they were kept gets the same atlases back, its weights untouched."""
+    from warpseg.learning.segmentation_training import store_further_atlases
+
+    older = weights.with_name("older.pt")
+    payload = torch.load(weights, weights_only=True)
+    del payload["segmentation"]["further_atlases"]
+    torch.save(payload, older)
+    assert store_further_atlases(older, shared_data) == ["subjY"]
+    stored = read_checkpoint(older)
+    kept, again = checkpoint["segmentation"]["further_atlases"][0], stored["segmentation"]["further_atlases"][0]
+    assert torch.equal(kept["image"], again["image"]) and torch.equal(kept["labels"], again["labels"])
+    assert all(torch.equal(value, stored["state_dict"][key]) for key, value in checkpoint["state_dict"].items())
+    assert "further_atlases" in stored["training"]
 
 
 def test_labelled_fixed_images_add_registration_dice_and_fixed_branch_supervision():

@@ -187,20 +187,26 @@ class FewShotData:
         """Labels of the label set merged to seg4 (unchanged for seg4)."""
         return self.seg4_lookup.to(labels.device)[labels.long()]
 
-    def atlas_record(self) -> dict:
-        """The first atlas (image float16, labels uint8) for segmenting a single image at inference.
+    def atlas_record(self, index: int = 0) -> dict:
+        """Labelled atlas ``index`` (image float16, labels uint8) for segmenting a single image at inference.
 
         Shapes
         ------
         image, labels: ``(N, 1, *S)``: the 41 slices in 2D, ``N = 1`` in 3D, on the training grid.
         """
-        atlas = self.atlases[0]
+        atlas = self.atlases[index]
         images = atlas.images
         if images is None:
             generator = torch.Generator().manual_seed(0)
             images = torch.cat([self._image(atlas, k, generator) for k in range(len(atlas))])
         return {"subject": atlas.name, "image": images.to(torch.float16),
                 "labels": atlas.labels.to(torch.uint8 if self.num_labels <= 256 else torch.int16)}
+
+    def further_atlas_records(self) -> list[dict]:
+        """The other labelled atlases that are real images (SynthSeg atlases have synthesised ones only),
+        for multi-atlas segmentation; see :meth:`atlas_record`."""
+        return [self.atlas_record(index) for index in range(1, len(self.atlases))
+                if self.atlases[index].images is not None]
 
 
 def load_seg35(data_dir: Path, name: str, ndim: int, spacing: float) -> torch.Tensor:

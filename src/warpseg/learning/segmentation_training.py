@@ -161,9 +161,35 @@ def data_record(data: FewShotData) -> dict:
 
 
 def segmentation_record(data: FewShotData, with_atlas: bool) -> dict:
-    """The checkpoint's ``segmentation`` entry: label set, names, and (pair networks) the first atlas."""
+    """The checkpoint's ``segmentation`` entry: label set, names, and (pair networks) the first atlas and
+    the further real labelled atlases."""
     record = {"label_set": data.label_set, "label_names": dict(data.label_names), "num_labels": data.num_labels,
               "shots": data.shots, "labelled_subjects": [s.name for s in data.atlases]}
     if with_atlas:
         record["atlas"] = data.atlas_record()
+        record["further_atlases"] = data.further_atlas_records()
     return record
+
+
+def store_further_atlases(path, data_dir) -> list[str]:
+    """Add the further real labelled atlases to a pair network's checkpoint trained before they were kept
+    (rebuilt from its recorded training data on its training grid); returns their subjects.
+
+    The checkpoint's weights and everything else stay as they were; ``training["further_atlases"]``
+    records that they were added afterwards.
+    """
+    from warpseg.learning.checkpoint import read_checkpoint
+
+    payload = read_checkpoint(path)
+    config = payload["training"]["config"]
+    data = FewShotData(data_dir, config["ndim"], config["labels"], config["shots"], config["validation_subjects"],
+                       config["label_maps"], spacing=config.get("spacing"))
+    records = data.further_atlas_records()
+    if not records:
+        return []
+    payload["segmentation"]["further_atlases"] = records
+    payload["training"]["further_atlases"] = "added after training from the same data (store_further_atlases)"
+    temporary = path.with_name(path.name + ".partial")
+    torch.save(payload, temporary)
+    temporary.replace(path)
+    return [record["subject"] for record in records]

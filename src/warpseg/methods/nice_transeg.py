@@ -60,50 +60,62 @@ def best_matching_slice(stack: torch.Tensor, image: torch.Tensor) -> int:
 
 
 class NiceTransegSegmentation(LearnedSegmentation):
-    """NICE-Transeg's fixed segmentation of the image, registered against an atlas.
+    """NICE-Transeg's fixed segmentation of the image, registered against one or more atlases.
 
-    The moving image is ``--atlas`` when given (resampled onto the image grid), else the atlas kept
-    in the checkpoint (the first labelled training subject, on the training grid; in 2D its slice
-    most correlated with the image). The images are expected in the training data's orientation.
+    The moving image is ``--atlas`` when given (resampled onto the image grid), else the atlases kept
+    in the checkpoint (the labelled training subjects with real images, on the training grid; in 2D
+    each one's slice most correlated with the image). The images are expected in the training data's
+    orientation.
 
-    With ``fuse_atlas_labels`` (the default) the label map is the mean of the network's ``S_F`` and
-    the atlas labels warped by the same pass's field (class probabilities, on the model grid): the
-    network's map alone is reported beside it as ``network_segmentation``. Off, it is ``S_F`` alone,
-    as in the paper.
+    With ``fuse_atlas_labels`` (the default) the label map is the mean, over the atlases (option
+    ``atlases``: how many of the checkpoint's, 0 for all), of the network's ``S_F`` and the atlas labels
+    warped by the same pass's field (class probabilities, on the model grid); ``S_F`` of the first
+    atlas alone is reported beside it as ``network_segmentation``. Off, the label map is that one
+    ``S_F``, as in the paper.
     """
 
     name: ClassVar[str] = "nice-transeg"
     description: ClassVar[str] = ("NICE-Transeg: segmentation branch coupled to NICE-Trans registration "
-                                  "against an atlas (the checkpoint's or --atlas), fused with the warped atlas labels.")
-    defaults: ClassVar[dict[str, Any]] = {**LearnedSegmentation.defaults, "fuse_atlas_labels": True}
+                                  "against atlases (the checkpoint's or --atlas), fused with the warped atlas labels.")
+    defaults: ClassVar[dict[str, Any]] = {**LearnedSegmentation.defaults, "fuse_atlas_labels": True, "atlases": 0}
 
     def predict(self, model, tensor, checkpoint: dict, *, atlas, image, grid) -> tuple:
         import torch
 
-        from warpseg.errors import InputError
         from warpseg.learning.losses import one_hot
         from warpseg.spatial import warp_image
 
-        moving, moving_labels, source = self.atlas_on_model_grid(tensor, checkpoint, atlas, image, grid)
-        outputs = model(moving.to(tensor), tensor)
-        network = outputs["fixed_segmentation"]
-        details = {"atlas": source, "fuse_atlas_labels": self.resolved["fuse_atlas_labels"]}
-        if not self.resolved["fuse_atlas_labels"]:
-            return network, details
-        if int(moving_labels.max()) >= network.shape[1]:
-            raise InputError(f"the atlas labels go up to {int(moving_labels.max())} but this model's label set "
-                             f"({self.label_set}) stops at {network.shape[1] - 1}; give an atlas labelled in "
-                             f"{self.label_set}, or --option fuse_atlas_labels=false to use its image only")
-        warped = warp_image(one_hot(moving_labels.to(tensor.device), network.shape[1]), outputs["displacement"])
-        fused = (torch.softmax(network.float(), dim=1) + warped) / 2
+        fuse, count = self.resolved["fuse_atlas_labels"], self.resolved["atlases"]
+        atlases = self.atlases_on_model_grid(tensor, checkpoint, atlas, image, grid)[:count if fuse and count > 0 else
+                                                                             (None if fuse else 1)]
+        details = {"atlas": "; ".join(source for _, _, source in atlases), "fuse_atlas_labels": fuse}
+        network, total = None, 0
+        for moving, moving_labels, _ in atlases:
+            outputs = model(moving.to(tensor), tensor)
+            if network is None:
+                network = outputs["fixed_segmentation"]
+                if not fuse:
+                    return network, details
+            self._check_atlas_labels(moving_labels, network.shape[1])
+            warped = warp_image(one_hot(moving_labels.to(tensor.device), network.shape[1]), outputs["displacement"])
+            total = total + torch.softmax(outputs["fixed_segmentation"].float(), dim=1) + warped
         details[SEGMENTATIONS_KEY] = {
             "network_segmentation": (labels_to_native_grid(network, grid), checkpoint_label_names(checkpoint))}
-        return torch.log(fused.clamp_min(1e-6)), details
+        return torch.log((total / (2 * len(atlases))).clamp_min(1e-6)), details
+
+    def _check_atlas_labels(self, labels: torch.Tensor, num_labels: int) -> None:
+        from warpseg.errors import InputError
+
+        if int(labels.max()) >= num_labels:
+            raise InputError(f"the atlas labels go up to {int(labels.max())} but this model's label set "
+                             f"({self.label_set}) stops at {num_labels - 1}; give an atlas labelled in "
+                             f"{self.label_set}, or --option fuse_atlas_labels=false to use its image only")
 
     @staticmethod
-    def atlas_on_model_grid(tensor: torch.Tensor, checkpoint: dict, atlas, image: Volume, grid) -> tuple:
-        """The moving image ``(1, 1, *padded)``, its labels ``(1, 1, *padded)`` (integer, the checkpoint's
-        label IDs) and a description of where they came from."""
+    def atlases_on_model_grid(tensor: torch.Tensor, checkpoint: dict, atlas, image: Volume, grid) -> list[tuple]:
+        """``(image (1, 1, *padded), labels (1, 1, *padded) integer, where it came from)`` of the given
+        atlas (resampled onto the grid of ``image``), or of every atlas the checkpoint keeps (the first one
+        first)."""
         import numpy as np
         import torch
 
@@ -114,13 +126,16 @@ class NiceTransegSegmentation(LearnedSegmentation):
         if atlas is not None:
             resampled, labels = on_fixed_grid(atlas[0], image), on_fixed_grid(atlas[1], image)
             labels = torch.as_tensor(np.asarray(labels.array, dtype=np.int64), device=tensor.device)[None, None]
-            return (to_model_grid(normalise_intensity(resampled.array), grid, str(tensor.device)),
-                    image_to_model_grid(labels, grid, mode="nearest"), "given atlas")
-        stored = checkpoint.get("segmentation", {}).get("atlas")
-        if stored is None:
+            return [(to_model_grid(normalise_intensity(resampled.array), grid, str(tensor.device)),
+                     image_to_model_grid(labels, grid, mode="nearest"), "given atlas")]
+        record = checkpoint.get("segmentation", {})
+        if record.get("atlas") is None:
             raise InputError("this checkpoint keeps no atlas; pass --atlas and --atlas-labels")
-        stack = fit_to_shape(stored["image"].float(), tensor.shape[2:])
-        index = best_matching_slice(stack, tensor.cpu()) if stack.shape[0] > 1 else 0
-        labels = fit_to_shape(stored["labels"][index: index + 1].long(), tensor.shape[2:])
-        return (stack[index: index + 1], labels,
-                f"checkpoint atlas {stored['subject']}" + (f" slice {index}" if stack.shape[0] > 1 else ""))
+        found = []
+        for stored in [record["atlas"], *record.get("further_atlases", [])]:
+            stack = fit_to_shape(stored["image"].float(), tensor.shape[2:])
+            index = best_matching_slice(stack, tensor.cpu()) if stack.shape[0] > 1 else 0
+            labels = fit_to_shape(stored["labels"][index: index + 1].long(), tensor.shape[2:])
+            found.append((stack[index: index + 1], labels, f"checkpoint atlas {stored['subject']}"
+                          + (f" slice {index}" if stack.shape[0] > 1 else "")))
+        return found
