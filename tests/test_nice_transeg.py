@@ -196,6 +196,7 @@ def test_the_checkpoint_atlases_vote_together_and_the_atlases_option_picks_how_m
     """Two kept atlases (nearly unmoved by an untrained model): where their labels agree the fused map
     takes them (2 + p votes against at most 2 - p); with ``atlases=1`` it is the first atlas's labels."""
     from warpseg.engine import segment
+    from warpseg.errors import InputError
 
     image, first = blob_pair((32, 48), np.eye(4), 1)
     second = first.with_array(np.roll(first.array, 3, axis=0), is_labels=True)
@@ -214,6 +215,8 @@ def test_the_checkpoint_atlases_vote_together_and_the_atlases_option_picks_how_m
     assert np.array_equal(one.segmentation.array, first.array) and one.details["atlas"] == "checkpoint atlas A"
     assert np.array_equal(one.segmentations["network_segmentation"].array,
                           both.segmentations["network_segmentation"].array)
+    with pytest.raises(InputError, match="or 0 for all of them"):
+        run_to_end(segment(image, "nice-transeg", weights=str(weights), device="cpu", options={"atlases": -1}))
 
 
 def test_atlas_labels_outside_the_model_label_set_are_refused_for_fusion_only(tmp_path):

@@ -82,12 +82,16 @@ class NiceTransegSegmentation(LearnedSegmentation):
     def predict(self, model, tensor, checkpoint: dict, *, atlas, image, grid) -> tuple:
         import torch
 
+        from warpseg.errors import InputError
         from warpseg.learning.losses import one_hot
         from warpseg.spatial import warp_image
 
-        fuse, count = self.resolved["fuse_atlas_labels"], self.resolved["atlases"]
-        atlases = self.atlases_on_model_grid(tensor, checkpoint, atlas, image, grid)[:count if fuse and count > 0 else
-                                                                             (None if fuse else 1)]
+        fuse = self.resolved["fuse_atlas_labels"]
+        if self.resolved["atlases"] < 0:
+            raise InputError(f"atlases={self.resolved['atlases']}: give how many of the checkpoint's atlases "
+                             "to use (1, 2, ...), or 0 for all of them")
+        atlases = self.atlases_on_model_grid(tensor, checkpoint, atlas, image, grid)
+        atlases = atlases[:(self.resolved["atlases"] or len(atlases)) if fuse else 1]
         details = {"atlas": "; ".join(source for _, _, source in atlases), "fuse_atlas_labels": fuse}
         network, total = None, 0
         for moving, moving_labels, _ in atlases:
