@@ -30,6 +30,12 @@ def save_checkpoint(path: str | Path, *, method: str, model: torch.nn.Module, pr
         "training": dict(training),
         **(extra or {}),
     }
+    return write_checkpoint_payload(path, payload)
+
+
+def write_checkpoint_payload(path: str | Path, payload: dict[str, Any]) -> Path:
+    """Write a checkpoint's contents to a temporary file and rename it, so a crash never leaves half a file."""
+    path = Path(path)
     temporary = path.with_name(path.name + ".partial")
     torch.save(payload, temporary)
     temporary.replace(path)

@@ -178,7 +178,7 @@ def store_further_atlases(path, data_dir) -> list[str]:
     The checkpoint's weights and everything else stay as they were; ``training["further_atlases"]``
     records that they were added afterwards.
     """
-    from warpseg.learning.checkpoint import read_checkpoint
+    from warpseg.learning.checkpoint import read_checkpoint, write_checkpoint_payload
 
     payload = read_checkpoint(path)
     config = payload["training"]["config"]
@@ -189,7 +189,5 @@ def store_further_atlases(path, data_dir) -> list[str]:
         return []
     payload["segmentation"]["further_atlases"] = records
     payload["training"]["further_atlases"] = "added after training from the same data (store_further_atlases)"
-    temporary = path.with_name(path.name + ".partial")
-    torch.save(payload, temporary)
-    temporary.replace(path)
+    write_checkpoint_payload(path, payload)
     return [record["subject"] for record in records]
