@@ -90,8 +90,8 @@ class NiceTransegSegmentation(LearnedSegmentation):
         if self.resolved["atlases"] < 0:
             raise InputError(f"atlases={self.resolved['atlases']}: give how many of the checkpoint's atlases "
                              "to use (1, 2, ...), or 0 for all of them")
-        atlases = self.atlases_on_model_grid(tensor, checkpoint, atlas, image, grid)
-        atlases = atlases[:(self.resolved["atlases"] or len(atlases)) if fuse else 1]
+        limit = (self.resolved["atlases"] or None) if fuse else 1
+        atlases = self.atlases_on_model_grid(tensor, checkpoint, atlas, image, grid, limit)
         details = {"atlas": "; ".join(source for _, _, source in atlases), "fuse_atlas_labels": fuse}
         network, total = None, 0
         for moving, moving_labels, _ in atlases:
@@ -116,10 +116,11 @@ class NiceTransegSegmentation(LearnedSegmentation):
                              f"{self.label_set}, or --option fuse_atlas_labels=false to use its image only")
 
     @staticmethod
-    def atlases_on_model_grid(tensor: torch.Tensor, checkpoint: dict, atlas, image: Volume, grid) -> list[tuple]:
+    def atlases_on_model_grid(tensor: torch.Tensor, checkpoint: dict, atlas, image: Volume, grid,
+                              limit: int | None = None) -> list[tuple]:
         """``(image (1, 1, *padded), labels (1, 1, *padded) integer, where it came from)`` of the given
-        atlas (resampled onto the grid of ``image``), or of every atlas the checkpoint keeps (the first one
-        first)."""
+        atlas (resampled onto the grid of ``image``), or of the first ``limit`` (None: all) atlases the
+        checkpoint keeps."""
         import numpy as np
         import torch
 
@@ -136,7 +137,7 @@ class NiceTransegSegmentation(LearnedSegmentation):
         if record.get("atlas") is None:
             raise InputError("this checkpoint keeps no atlas; pass --atlas and --atlas-labels")
         found = []
-        for stored in [record["atlas"], *record.get("further_atlases", [])]:
+        for stored in [record["atlas"], *record.get("further_atlases", [])][:limit]:
             stack = fit_to_shape(stored["image"].float(), tensor.shape[2:])
             index = best_matching_slice(stack, tensor.cpu()) if stack.shape[0] > 1 else 0
             labels = fit_to_shape(stored["labels"][index: index + 1].long(), tensor.shape[2:])
