@@ -56,6 +56,25 @@ def blob_pair(shape, affine, seed: int):
     return Volume(image.astype(np.float32), affine), Volume(labels, affine, is_labels=True)
 
 
+def textured_image(shape, seed: int = 3) -> np.ndarray:
+    """Smooth blobs of varied size and brightness in [0, 1], enough texture to register."""
+    rng = np.random.default_rng(seed)
+    axes = np.meshgrid(*[np.arange(n, dtype=np.float64) for n in shape], indexing="ij")
+    image = np.zeros(shape)
+    for _ in range(40 * len(shape)):
+        centre = rng.uniform(0.0, 1.0, len(shape)) * np.asarray(shape)
+        width = rng.uniform(1.5, 3.5)
+        image += rng.uniform(0.3, 1.0) * np.exp(-sum((a - c) ** 2 for a, c in zip(axes, centre)) / (2 * width**2))
+    return (image / image.max()).astype(np.float32)
+
+
+def smooth_field(shape, amplitude: float = 2.0) -> np.ndarray:
+    """A smooth displacement of up to ``amplitude`` voxels: one sine bump per axis, ``(ndim, *S)``."""
+    axes = np.meshgrid(*[np.linspace(0.0, np.pi, n) for n in shape], indexing="ij")
+    return np.stack([amplitude * np.sin(axes[(d + 1) % len(shape)]) * np.sin(axes[d])
+                     for d in range(len(shape))]).astype(np.float32)
+
+
 def rename_label(layer, label: int, name: str) -> dict:
     """Name ``label`` of a napari Labels layer otherwise (as a map of another label set would); the old names."""
     from warpseg._plugin._layers import LABEL_NAMES_KEY

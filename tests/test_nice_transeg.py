@@ -1,9 +1,11 @@
 """NICE-Transeg and the U-Net baseline: shapes, gradients, checkpoints, and the register contract."""
+import time
+
 import numpy as np
 import pytest
 import torch
 
-from conftest import blob_pair
+from conftest import blob_pair, smooth_field, textured_image
 from warpseg.engine import register, run_to_end, write_result
 from warpseg.io import Volume, read_volume
 from warpseg.learning.checkpoint import build_model, load_checkpoint, read_checkpoint, save_checkpoint
@@ -217,6 +219,59 @@ def test_the_checkpoint_atlases_vote_together_and_the_atlases_option_picks_how_m
                           both.segmentations["network_segmentation"].array)
     with pytest.raises(InputError, match="or 0 for all of them"):
         run_to_end(segment(image, "nice-transeg", weights=str(weights), device="cpu", options={"atlases": -1}))
+
+
+def test_refining_the_field_moves_the_atlas_labels_onto_the_image(tmp_path):
+    """The image is the atlas deformed by a known smooth field; an untrained model leaves the atlas
+    where it is, a test-time refinement of the field (NIR on the model grid) aligns it, so the fused
+    map overlaps the image's labels more."""
+    from warpseg.engine import segment
+    from warpseg.metrics import dice_per_label
+    from warpseg.spatial import warp_image
+
+    weights = str(tiny_segmentation_checkpoint(tmp_path / "w.pt", tiny_transeg(2)))
+    shape, field = (64, 80), torch.as_tensor(smooth_field((64, 80), amplitude=3.0))[None]
+    atlas_image = textured_image(shape)
+    atlas_labels = np.digitize(atlas_image, [0.15, 0.3, 0.5]).astype(np.uint8)
+    image = warp_image(torch.as_tensor(atlas_image)[None, None], field)[0, 0].numpy()
+    truth = warp_image(torch.as_tensor(atlas_labels)[None, None].float(), field, mode="nearest")[0, 0].numpy()
+    atlas = (Volume(atlas_image, np.eye(4)), Volume(atlas_labels, np.eye(4), is_labels=True))
+
+    def dice(options):
+        result = run_to_end(segment(Volume(image, np.eye(4)), "nice-transeg", atlas=atlas, weights=weights,
+                                    device="cpu", options=options))
+        return np.mean(list(dice_per_label(result.segmentation.array, truth.astype(np.uint8)).values())), result.details
+
+    plain, _ = dice({})
+    refined, details = dice({"refine": 150})
+    assert refined > plain + 0.05, (plain, refined)
+    assert len(details["refine"]) == 1 and details["refine"][0]["iterations"] == 150
+
+
+def test_a_refinement_reports_progress_and_stops_when_cancelled(tmp_path):
+    from warpseg.engine import segment
+
+    weights = str(tiny_segmentation_checkpoint(tmp_path / "w.pt", tiny_transeg(2)))
+    image, labels = blob_pair((32, 40), np.eye(4), 1)
+    job = segment(image, "nice-transeg", atlas=(image, labels), weights=weights, device="cpu",
+                  options={"refine": 10**6, "refine_preview_every": 2})
+    stages = [record.stage for _, record in zip(range(8), job)]
+    closing = time.monotonic()
+    job.close()
+    assert "refine atlas 1/1" in stages and time.monotonic() - closing < 1.0
+
+
+@pytest.mark.parametrize("options,message", [({"refine": 5, "fuse_atlas_labels": False}, "drop refine"),
+                                             ({"refine": -1}, "refine=-1")])
+def test_a_refinement_without_atlas_labels_to_move_is_refused(tmp_path, options, message):
+    from warpseg.engine import segment
+    from warpseg.errors import InputError
+
+    weights = str(tiny_segmentation_checkpoint(tmp_path / "w.pt", tiny_transeg(2)))
+    image, labels = blob_pair((32, 40), np.eye(4), 1)
+    with pytest.raises(InputError, match=message):
+        run_to_end(segment(image, "nice-transeg", atlas=(image, labels), weights=weights, device="cpu",
+                           options=options))
 
 
 def test_atlas_labels_outside_the_model_label_set_are_refused_for_fusion_only(tmp_path):

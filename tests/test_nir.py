@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import blob_pair, drive, rotation_affine
+from conftest import blob_pair, drive, rotation_affine, smooth_field, textured_image
 from warpseg.engine import register, run_to_end
 from warpseg.errors import InputError
 from warpseg.methods import MethodOutput, Progress, RegistrationInput, get_method
@@ -19,25 +19,6 @@ from warpseg.metrics import normalized_cross_correlation
 from warpseg.spatial import folding_percent, jacobian_determinant, warp_image
 
 FAST = {"threads": 1, "downsize": 1, "iterations": 150, "preview_every": 25, "learning_rate": 3e-3}
-
-
-def textured_image(shape, seed: int = 3) -> np.ndarray:
-    """Smooth blobs of varied size and brightness in [0, 1], enough texture to register."""
-    rng = np.random.default_rng(seed)
-    axes = np.meshgrid(*[np.arange(n, dtype=np.float64) for n in shape], indexing="ij")
-    image = np.zeros(shape)
-    for _ in range(40 * len(shape)):
-        centre = rng.uniform(0.0, 1.0, len(shape)) * np.asarray(shape)
-        width = rng.uniform(1.5, 3.5)
-        image += rng.uniform(0.3, 1.0) * np.exp(-sum((a - c) ** 2 for a, c in zip(axes, centre)) / (2 * width**2))
-    return (image / image.max()).astype(np.float32)
-
-
-def smooth_field(shape, amplitude: float = 2.0) -> np.ndarray:
-    """A smooth displacement of up to ``amplitude`` voxels: one sine bump per axis, ``(ndim, *S)``."""
-    axes = np.meshgrid(*[np.linspace(0.0, np.pi, n) for n in shape], indexing="ij")
-    return np.stack([amplitude * np.sin(axes[(d + 1) % len(shape)]) * np.sin(axes[d])
-                     for d in range(len(shape))]).astype(np.float32)
 
 
 def deformed_pair(shape) -> tuple[RegistrationInput, np.ndarray]:

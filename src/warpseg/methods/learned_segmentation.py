@@ -48,7 +48,8 @@ class LearnedSegmentation(ShippedWeights, SegmentationMethod):
         grid = model_grid(image.shape, image.spacing, checkpoint)
         with torch.inference_mode():
             tensor = to_model_grid(normalise_intensity(image.array), grid, device)
-            logits, details = self.predict(model, tensor, checkpoint, atlas=atlas, image=image, grid=grid)
+        logits, details = yield from self.predict_steps(model, tensor, checkpoint, atlas=atlas, image=image, grid=grid)
+        with torch.inference_mode():
             labels = labels_to_native_grid(logits, grid)
         seconds = time.perf_counter() - started
         yield Progress("segment", 1, 1, f"{self.name}: done in {seconds * 1000:.0f} ms")
@@ -62,6 +63,16 @@ class LearnedSegmentation(ShippedWeights, SegmentationMethod):
         """Label logits ``(1, L, *padded)`` of the model-grid image ``tensor`` ``(1, 1, *padded)``, and
         details to report. ``image`` is the native volume, ``grid`` its map to the model grid."""
         raise NotImplementedError
+
+    def predict_steps(self, model, tensor: torch.Tensor, checkpoint: dict, *, atlas: tuple[Volume, Volume] | None,
+                      image: Volume, grid) -> Generator[Progress, None, tuple[torch.Tensor, dict]]:
+        """:meth:`predict` as a job that may report progress (and be cancelled) on the way, for methods
+        that optimise at test time; by default one :meth:`predict` in inference mode, with no progress."""
+        import torch
+
+        yield from ()
+        with torch.inference_mode():
+            return self.predict(model, tensor, checkpoint, atlas=atlas, image=image, grid=grid)
 
 
 class SegmentationUNetSegmentation(LearnedSegmentation):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from warpseg.methods.learned import LearnedRegistration, refine_defaults
+from warpseg.methods.learned import LearnedRegistration, refine_defaults, refine_settings
 from warpseg.methods.learned_inference import checkpoint_label_names, labels_to_native_grid, to_model_grid
 from warpseg.methods.learned_segmentation import LABEL_SETS, TRAINING_HINT, LearnedSegmentation
 from warpseg.methods.segmenter import SEGMENTATIONS_KEY
@@ -59,6 +59,25 @@ def best_matching_slice(stack: torch.Tensor, image: torch.Tensor) -> int:
     return int(correlation.argmax())
 
 
+def refined_field(moving: torch.Tensor, fixed: torch.Tensor, field: torch.Tensor, settings: dict, stage: str):
+    """Test-time refinement of a field on the model grid: a NIR fit on top of it (job; returns the
+    refined ``(1, ndim, *S)`` field and the fit's summary).
+
+    Shapes
+    ------
+    moving, fixed ``(1, 1, *S)`` normalised images; field ``(1, ndim, *S)`` in model-grid voxels.
+    """
+    import torch
+
+    from warpseg.methods.base import RegistrationInput
+    from warpseg.methods.nir import FieldFit
+
+    images = (moving[0, 0].float().cpu().numpy(), fixed[0, 0].float().cpu().numpy())
+    pair = RegistrationInput(*images, spacing=(1.0,) * (fixed.dim() - 2), device=str(fixed.device))
+    output = yield from FieldFit(pair, settings, initial=field[0].float().cpu().numpy()).run(stage=stage)
+    return torch.as_tensor(output.displacement, device=fixed.device)[None], output.details
+
+
 class NiceTransegSegmentation(LearnedSegmentation):
     """NICE-Transeg's fixed segmentation of the image, registered against one or more atlases.
 
@@ -71,41 +90,69 @@ class NiceTransegSegmentation(LearnedSegmentation):
     ``atlases``: how many of the checkpoint's, 0 for all), of the network's ``S_F`` and the atlas labels
     warped by the same pass's field (class probabilities, on the model grid); ``S_F`` of the first
     atlas alone is reported beside it as ``network_segmentation``. Off, the label map is that one
-    ``S_F``, as in the paper.
+    ``S_F``, as in the paper. With ``refine`` > 0 each atlas's field is refined at test time before it
+    warps the atlas labels (``refine`` NIR steps on the model grid, the ``refine_*`` options as for
+    registration); ``S_F`` is the network's either way.
     """
 
     name: ClassVar[str] = "nice-transeg"
     description: ClassVar[str] = ("NICE-Transeg: segmentation branch coupled to NICE-Trans registration "
                                   "against atlases (the checkpoint's or --atlas), fused with the warped atlas labels.")
-    defaults: ClassVar[dict[str, Any]] = {**LearnedSegmentation.defaults, "fuse_atlas_labels": True, "atlases": 0}
+    defaults: ClassVar[dict[str, Any]] = {**LearnedSegmentation.defaults, "fuse_atlas_labels": True, "atlases": 0,
+                                          **refine_defaults()}
 
-    def predict(self, model, tensor, checkpoint: dict, *, atlas, image, grid) -> tuple:
+    def predict_steps(self, model, tensor, checkpoint: dict, *, atlas, image, grid):
         import torch
 
-        from warpseg.errors import InputError
         from warpseg.learning.losses import one_hot
         from warpseg.spatial import warp_image
 
-        fuse = self.resolved["fuse_atlas_labels"]
-        if self.resolved["atlases"] < 0:
-            raise InputError(f"atlases={self.resolved['atlases']}: give how many of the checkpoint's atlases "
-                             "to use (1, 2, ...), or 0 for all of them")
+        fuse, refine = self._fusion_settings()
         limit = (self.resolved["atlases"] or None) if fuse else 1
-        atlases = self.atlases_on_model_grid(tensor, checkpoint, atlas, image, grid, limit)
+        with torch.inference_mode():
+            atlases = self.atlases_on_model_grid(tensor, checkpoint, atlas, image, grid, limit)
         details = {"atlas": "; ".join(source for _, _, source in atlases), "fuse_atlas_labels": fuse}
-        network, total = None, 0
-        for moving, moving_labels, _ in atlases:
-            outputs = model(moving.to(tensor), tensor)
+        network, total, refinements = None, 0, []
+        for index, (moving, moving_labels, _) in enumerate(atlases):
+            with torch.inference_mode():
+                outputs = model(moving.to(tensor), tensor)
             if network is None:
                 network = outputs["fixed_segmentation"]
                 if not fuse:
                     return network, details
             self._check_atlas_labels(moving_labels, network.shape[1])
-            warped = warp_image(one_hot(moving_labels.to(tensor.device), network.shape[1]), outputs["displacement"])
-            total = total + torch.softmax(outputs["fixed_segmentation"].float(), dim=1) + warped
-        details[SEGMENTATIONS_KEY] = {
-            "network_segmentation": (labels_to_native_grid(network, grid), checkpoint_label_names(checkpoint))}
-        return torch.log((total / (2 * len(atlases))).clamp_min(1e-6)), details
+            field = outputs["displacement"]
+            if refine is not None:
+                field, summary = yield from refined_field(moving.to(tensor), tensor, field, refine,
+                                                          stage=f"refine atlas {index + 1}/{len(atlases)}")
+                refinements.append(summary)
+            with torch.inference_mode():
+                warped = warp_image(one_hot(moving_labels.to(tensor.device), network.shape[1]), field)
+                total = total + torch.softmax(outputs["fixed_segmentation"].float(), dim=1) + warped
+        if refinements:
+            details["refine"] = refinements
+        with torch.inference_mode():
+            details[SEGMENTATIONS_KEY] = {
+                "network_segmentation": (labels_to_native_grid(network, grid), checkpoint_label_names(checkpoint))}
+            return torch.log((total / (2 * len(atlases))).clamp_min(1e-6)), details
+
+    def _fusion_settings(self) -> tuple[bool, dict | None]:
+        """``fuse_atlas_labels``, and the NIR settings of the refinement (None without one); bad values refused."""
+        from warpseg.errors import InputError
+        from warpseg.methods.nir import check_settings
+
+        settings = self.resolved
+        if settings["atlases"] < 0:
+            raise InputError(f"atlases={settings['atlases']}: give how many of the checkpoint's atlases "
+                             "to use (1, 2, ...), or 0 for all of them")
+        if settings["refine"] < 0:
+            raise InputError(f"refine={settings['refine']}: give the number of refinement steps per atlas "
+                             "(100 is a good start), or 0 for none")
+        fuse = bool(settings["fuse_atlas_labels"])
+        if settings["refine"] and not fuse:
+            raise InputError("refine moves the atlas labels, which fuse_atlas_labels=false leaves out; "
+                             "drop refine or keep the fusion on")
+        return fuse, check_settings(refine_settings(settings), self.name) if settings["refine"] else None
 
     def _check_atlas_labels(self, labels: torch.Tensor, num_labels: int) -> None:
         from warpseg.errors import InputError
