@@ -158,6 +158,23 @@ def test_components_per_label_counts_separate_pieces():
     assert components_per_label(labels) == pytest.approx(1.5)
 
 
+def test_the_grid_ceiling_falls_as_the_model_grid_coarsens():
+    """Labels of one voxel survive no coarse grid; wide bands survive a 2x grid nearly whole."""
+    import numpy as np
+
+    from warpseg.bench.segmentation import ceiling_sentence, grid_ceiling
+    from warpseg.io import Volume
+
+    labels = np.zeros((48, 40), dtype=np.uint8)
+    labels[8:40, 8:32] = 1
+    labels[16:32, 16:24] = 2
+    labels[::6, 4] = 3  # single voxels
+    truth = Volume(labels, np.eye(4), is_labels=True)
+    same, double, quadruple = (grid_ceiling(truth, spacing) for spacing in (1.0, 2.0, 4.0))
+    assert same == pytest.approx(1.0) and 1.0 > double > quadruple
+    assert "2 mm grid" in ceiling_sentence({2.0: double}) and ceiling_sentence({}) == ""
+
+
 def test_atlas_evolution_section_and_figure_from_a_build_folder(tmp_path):
     import json
 

@@ -65,7 +65,10 @@ def run_segmentation_benchmark(data_dir: Path | None, *, methods: list[str] | No
             for spec in methods or default_segmentation_methods(ndim, label_set):
                 rows.update(_measure_method(spec, label_set, atlas, targets, lookup))
             tables[(ndim, label_set)] = rows
-            body = render_segmentation_table(ndim, label_set, atlas_name, atlas, rows, machine_description())
+            spacings = {row["model_spacing"] for measured in rows.values() for row in measured} - {None}
+            coarser = sorted(spacing for spacing in spacings if not np.allclose(targets[0].image.spacing, spacing))
+            ceilings = {spacing: grid_ceiling(targets[0].seg4, spacing) for spacing in coarser}
+            body = render_segmentation_table(ndim, label_set, atlas_name, atlas, rows, machine_description(), ceilings)
             replace_section(output, f"segment-{label_set}-{ndim}d", body)
     return tables
 
@@ -112,7 +115,28 @@ def _score(volume, target: Target, lookup: np.ndarray, result) -> dict:
                             tuple(float(s) for s in target.image.spacing))
     return {"target": target.name, "seconds": result.seconds, "device": result.device,
             "dice_mean": metrics["dice_mean"], "hd95_mean": metrics["hd95_mean"],
-            "components": components_per_label(labels)}
+            "components": components_per_label(labels), "model_spacing": result.details.get("model_spacing")}
+
+
+def grid_ceiling(truth, spacing: float) -> float:
+    """Dice of the truth itself after a round trip through a model grid of ``spacing`` mm.
+
+    The one-hot labels are resized onto that grid linearly and brought back as a network's
+    probabilities are (:func:`~warpseg.methods.learned_inference.labels_to_native_grid`): no model
+    that labels on that grid can be expected to score higher.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from warpseg.learning.preprocess import Preprocessing, image_to_model_grid, plan_grid
+    from warpseg.methods.learned_inference import labels_to_native_grid
+    from warpseg.metrics import dice_per_label
+
+    labels = np.asarray(truth.array, dtype=np.int64)
+    grid = plan_grid(labels.shape, tuple(float(s) for s in truth.spacing), Preprocessing(target_spacing=spacing))
+    one_hot = F.one_hot(torch.as_tensor(labels)).movedim(-1, 0)[None].float()
+    back = labels_to_native_grid(torch.log(image_to_model_grid(one_hot, grid).clamp_min(1e-6)), grid)
+    return float(np.mean(list(dice_per_label(back, labels).values())))
 
 
 def _needs_atlas(name: str) -> bool:
@@ -197,8 +221,9 @@ def _seg4_lookup(data_dir: Path, label_set: str) -> np.ndarray:
 
 
 def render_segmentation_table(ndim: int, label_set: str, atlas_name: str, atlas, rows: dict[str, list[dict]],
-                              machine: str) -> str:
-    """A Markdown section: Dice (seg4 scale) per target kind, topology and time per method."""
+                              machine: str, ceilings: dict[float, float] | None = None) -> str:
+    """A Markdown section: Dice (seg4 scale) per target kind, topology and time per method; ``ceilings``
+    (:func:`grid_ceiling` of the first target by model grid spacing) as a sentence."""
     import datetime
 
     kinds = sorted({row["target"] for measured in rows.values() for row in measured}, key=len)
@@ -211,7 +236,7 @@ def render_segmentation_table(ndim: int, label_set: str, atlas_name: str, atlas,
         f"Run {datetime.date.today().isoformat()} on {machine}. Dice: mean over the seg4 classes of the target's "
         f"truth (predictions{merged or ' in seg4'}); components: connected components per predicted label "
         f"(the atlas: {atlas_components:.1f}); time: the whole segmentation job per image (atlas propagation "
-        "includes its registration).",
+        "includes its registration)." + ceiling_sentence(ceilings or {}),
         "",
         "| method | " + " | ".join(f"Dice {kind}" for kind in kinds) + " | components / label | s / image |",
         "|---|" + "---|" * len(kinds) + "---|---|",
@@ -223,3 +248,12 @@ def render_segmentation_table(ndim: int, label_set: str, atlas_name: str, atlas,
         seconds = np.mean([row["seconds"] for row in measured])
         lines.append(f"| {spec} | {dice} | {components:.1f} | {seconds:.3f} |")
     return "\n".join(lines) + "\n"
+
+
+def ceiling_sentence(ceilings: dict[float, float]) -> str:
+    """`` Grid ceiling: ...`` for the coarse model grids of the learned rows (empty without any)."""
+    if not ceilings:
+        return ""
+    each = "; ".join(f"{spacing:g} mm grid {dice:.3f}" for spacing, dice in ceilings.items())
+    return (f" Grid ceiling (the truth itself resized to the learned models' grid and back, the most a model "
+            f"labelling on that grid can score): {each}.")

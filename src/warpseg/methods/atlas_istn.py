@@ -132,6 +132,7 @@ class AtlasIstnSegmentation(AtlasIstnWeights, SegmentationMethod):
         names = checkpoint_label_names(checkpoint)
         agreement = list(dice_per_label(labels, itn_labels).values())
         details = {"weights_file": str(path), "label_set": checkpoint["segmentation"]["label_set"],
+                   "model_spacing": checkpoint["preprocessing"].get("target_spacing"),
                    "refine": refinement, "itn_agreement_dice": float(np.mean(agreement)) if agreement else None,
                    "trained": {k: checkpoint["training"].get(k) for k in ("command", "validation")},
                    SEGMENTATIONS_KEY: {"itn_segmentation": (itn_labels, names)}}
@@ -181,6 +182,7 @@ class AtlasIstnRegistration(AtlasIstnWeights, RegistrationMethod):
                          "moving_segmentation": (atlas_labels_to_native_grid(moving_outputs["warped_atlas"], grid),
                                                  names)}
         details = {"weights_file": str(path), "label_set": checkpoint["segmentation"]["label_set"],
+                   "model_spacing": checkpoint["preprocessing"].get("target_spacing"),
                    "refine": summaries, "fixed_is_atlas": bool(settings["fixed_is_atlas"]),
                    "trained": {k: checkpoint["training"].get(k) for k in ("command", "validation")},
                    SEGMENTATIONS_KEY: segmentations}

@@ -55,6 +55,7 @@ class LearnedSegmentation(ShippedWeights, SegmentationMethod):
         yield Progress("segment", 1, 1, f"{self.name}: done in {seconds * 1000:.0f} ms")
         details = {"weights_file": str(path), "seconds_inference": seconds,
                    "label_set": checkpoint.get("segmentation", {}).get("label_set"),
+                   "model_spacing": checkpoint["preprocessing"].get("target_spacing"),
                    "trained": {k: checkpoint["training"].get(k) for k in ("command", "validation")}, **details}
         return SegmentationOutput(labels, checkpoint_label_names(checkpoint), details)
 
