@@ -72,3 +72,21 @@ def test_missing_atlas_labels_is_an_error_that_changes_nothing(make_napari_viewe
     names = [layer.name for layer in viewer.layers]
     assert widget.start() is None and "needs an atlas" in errors[0]
     assert [layer.name for layer in viewer.layers] == names
+
+
+def test_a_refining_network_shows_its_progress_and_cancel_adds_nothing(make_napari_viewer, qtbot, sample_cache,
+                                                                         errors):
+    import time
+
+    viewer = make_napari_viewer()
+    widget = open_widget(viewer)
+    names = [layer.name for layer in viewer.layers]
+    widget.method.value = "nice-transeg"
+    widget.method_options.value = "refine=1000000"
+    job = widget.start()
+    qtbot.waitUntil(lambda: "refine atlas 1/" in widget.log.value, timeout=60_000)
+    cancelled_at = time.monotonic()
+    widget.cancel_button.clicked.emit(True)
+    qtbot.waitUntil(lambda: not job.running, timeout=30_000)
+    assert time.monotonic() - cancelled_at < 5.0 and "cancelled" in widget.log.value and not errors
+    assert [layer.name for layer in viewer.layers] == names
