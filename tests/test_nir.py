@@ -112,6 +112,8 @@ def test_unknown_options_and_choices_are_clear_errors():
         drive(get_method("nir")(mode="elastic").run(pair))
     with pytest.raises(InputError, match="no option"):
         drive(get_method("vxm")(refine_iteration=5).run(pair))
+    with pytest.raises(InputError, match="refine=-1: give a number of refinement steps"):
+        drive(get_method("vxm")(refine=-1).run(pair))
 
 
 def test_register_contract_in_3d():

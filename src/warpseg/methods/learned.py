@@ -22,10 +22,21 @@ def refine_defaults() -> dict[str, Any]:
                             if key != "iterations"}}
 
 
-def refine_settings(settings: dict[str, Any]) -> dict[str, Any]:
-    """The NIR settings of a learned method's ``refine`` options."""
+def refine_settings(settings: dict[str, Any], method: str) -> dict[str, Any] | None:
+    """The checked NIR settings of a learned method's ``refine`` options; None when ``refine`` is 0.
+
+    A negative ``refine`` and bad NIR choices are refused with a message naming the option.
+    """
+    from warpseg.errors import InputError
+    from warpseg.methods.nir import check_settings
+
+    if settings["refine"] < 0:
+        raise InputError(f"{method} option refine={settings['refine']}: give a number of refinement steps "
+                         "(100 is a good start), or 0 for none")
+    if not settings["refine"]:
+        return None
     picked = {key: settings[f"refine_{key}"] for key in NIR_DEFAULTS if f"refine_{key}" in settings}
-    return {**NIR_DEFAULTS, **picked, "iterations": int(settings["refine"])}
+    return check_settings({**NIR_DEFAULTS, **picked, "iterations": int(settings["refine"])}, method)
 
 
 class LearnedRegistration(ShippedWeights, RegistrationMethod):
@@ -47,11 +58,10 @@ class LearnedRegistration(ShippedWeights, RegistrationMethod):
         import torch
 
         from warpseg.learning.preprocess import field_to_native_grid
-        from warpseg.methods.nir import check_settings
         from warpseg.methods.sitk_runner import resolve_options
 
         settings = resolve_options(self.defaults, self.options, self.name)
-        refine = check_settings(refine_settings(settings), self.name) if settings["refine"] > 0 else None
+        refine = refine_settings(settings, self.name)
         path = self.weights_path(pair.ndim)
         model, checkpoint = load_learned_model(path, pair.ndim, pair.device)
         yield Progress("register", 0, 1, f"{self.name}: one forward pass")

@@ -139,20 +139,16 @@ class NiceTransegSegmentation(LearnedSegmentation):
     def _fusion_settings(self) -> tuple[bool, dict | None]:
         """``fuse_atlas_labels``, and the NIR settings of the refinement (None without one); bad values refused."""
         from warpseg.errors import InputError
-        from warpseg.methods.nir import check_settings
 
         settings = self.resolved
         if settings["atlases"] < 0:
             raise InputError(f"atlases={settings['atlases']}: give how many of the checkpoint's atlases "
                              "to use (1, 2, ...), or 0 for all of them")
-        if settings["refine"] < 0:
-            raise InputError(f"refine={settings['refine']}: give the number of refinement steps per atlas "
-                             "(100 is a good start), or 0 for none")
-        fuse = bool(settings["fuse_atlas_labels"])
-        if settings["refine"] and not fuse:
+        fuse, refine = bool(settings["fuse_atlas_labels"]), refine_settings(settings, self.name)
+        if refine is not None and not fuse:
             raise InputError("refine moves the atlas labels, which fuse_atlas_labels=false leaves out; "
                              "drop refine or keep the fusion on")
-        return fuse, check_settings(refine_settings(settings), self.name) if settings["refine"] else None
+        return fuse, refine
 
     def _check_atlas_labels(self, labels: torch.Tensor, num_labels: int) -> None:
         from warpseg.errors import InputError
