@@ -114,6 +114,8 @@ def test_unknown_options_and_choices_are_clear_errors():
         drive(get_method("vxm")(refine_iteration=5).run(pair))
     with pytest.raises(InputError, match="refine=-1: give a number of refinement steps"):
         drive(get_method("vxm")(refine=-1).run(pair))
+    with pytest.raises(InputError, match="option refine_mode='elastic' is not one of"):
+        drive(get_method("vxm")(refine=5, refine_mode="elastic").run(pair))
 
 
 def test_register_contract_in_3d():

@@ -36,7 +36,8 @@ def refine_settings(settings: dict[str, Any], method: str) -> dict[str, Any] | N
     if not settings["refine"]:
         return None
     picked = {key: settings[f"refine_{key}"] for key in NIR_DEFAULTS if f"refine_{key}" in settings}
-    return check_settings({**NIR_DEFAULTS, **picked, "iterations": int(settings["refine"])}, method)
+    return check_settings({**NIR_DEFAULTS, **picked, "iterations": int(settings["refine"])}, method,
+                          prefix="refine_")
 
 
 class LearnedRegistration(ShippedWeights, RegistrationMethod):

@@ -285,19 +285,22 @@ def composed(residual: torch.Tensor, initial: torch.Tensor | None) -> torch.Tens
 
 # --- the optimisation ------------------------------------------------------------------------
 
-def check_settings(settings: dict[str, Any], method: str) -> dict[str, Any]:
-    """``settings`` with ``max_seconds`` as a float (or None); an error for unknown modes or samplers."""
+def check_settings(settings: dict[str, Any], method: str, prefix: str = "") -> dict[str, Any]:
+    """``settings`` with ``max_seconds`` as a float (or None); an error for unknown modes or samplers.
+
+    ``prefix`` is what the user's option names put before the NIR keys (``refine_`` for a learned method).
+    """
     from warpseg.errors import InputError
 
     choices = {"mode": ("displacement", "diffeomorphic"), "sampler": ("downsize", "patch", "hybrid")}
     for key, allowed in choices.items():
         if settings[key] not in allowed:
-            raise InputError(f"{method} option {key}={settings[key]!r} is not one of: {', '.join(allowed)}")
+            raise InputError(f"{method} option {prefix}{key}={settings[key]!r} is not one of: {', '.join(allowed)}")
     limit = settings["max_seconds"]
     try:
         settings["max_seconds"] = None if limit in (None, "", "none", "None") else float(limit)
     except (TypeError, ValueError):
-        raise InputError(f"{method} option max_seconds={limit!r} is not a number of seconds") from None
+        raise InputError(f"{method} option {prefix}max_seconds={limit!r} is not a number of seconds") from None
     return settings
 
 
