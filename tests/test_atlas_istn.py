@@ -279,7 +279,7 @@ def test_seg35_relabelling_resolves_nearest_of_rules(shared_data):
 SHIPPED_ATLASES = {(2, "seg4"): (0.75, 0.65), (2, "seg35"): (0.75, 0.65), (3, "seg4"): (0.6, 0.5),
                    (3, "seg35"): (0.4, 0.5)}
 """``(ndim, label set): (ITN, one-pass atlas)`` Dice the shipped model must beat on its held-out subject
-(the 3D models are CPU-budget builds at 4 mm, README; the 3D seg35 ITN is still weak, 0.49)."""
+(the 3D models are CPU-budget builds at 4 mm, README; the 3D seg35 ITN is still weak, 0.52)."""
 
 
 @pytest.mark.parametrize("ndim,label_set", SHIPPED_ATLASES)
