@@ -110,6 +110,14 @@ def test_unknown_and_cast_options():
     assert resolved == {"iterations": 5, "shrink_factors": (2, 1), "rate": 1.0}
     with pytest.raises(InputError, match="no option"):
         resolve_options(defaults, {"iteration": 5}, "m")
+    assert resolve_options(defaults, {"iterations": 7.0}, "m")["iterations"] == 7
+    with pytest.raises(InputError, match=r"iterations=2.5 is not a valid int: give a whole number"):
+        resolve_options(defaults, {"iterations": 2.5}, "m")
+    flags = {"fixed_is_atlas": False}
+    assert resolve_options(flags, {"fixed_is_atlas": "Yes"}, "m") == {"fixed_is_atlas": True}
+    assert resolve_options(flags, {"fixed_is_atlas": 0}, "m") == {"fixed_is_atlas": False}
+    with pytest.raises(InputError, match="fixed_is_atlas='maybe' is not a valid bool: give true or false"):
+        resolve_options(flags, {"fixed_is_atlas": "maybe"}, "m")
 
 
 def sitk_workers() -> list[threading.Thread]:

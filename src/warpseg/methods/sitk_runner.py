@@ -214,16 +214,29 @@ def resolve_options(defaults: dict[str, Any], given: dict[str, Any], method: str
                 kind = type(default[0]) if default else float
                 resolved[key] = tuple(kind(item) for item in items)
             elif isinstance(default, bool):
-                resolved[key] = (value if isinstance(value, bool)
-                                 else str(value).lower() in ("1", "true", "yes"))
+                resolved[key] = value if isinstance(value, bool) else _truth(value)
             elif default is None or isinstance(default, str):
                 resolved[key] = value
+            elif isinstance(default, int):
+                number = float(value)
+                if not number.is_integer():
+                    raise ValueError("give a whole number")
+                resolved[key] = int(number)
             else:
                 resolved[key] = type(default)(value)
         except (TypeError, ValueError) as error:
             raise InputError(f"{method} option {key}={value!r} is not a valid "
                              f"{type(default).__name__}: {error}") from None
     return resolved
+
+
+def _truth(value: Any) -> bool:
+    """``value`` as a yes/no answer (true/false, yes/no, on/off, 1/0); a ValueError for anything else."""
+    answers = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+    text = str(value).strip().lower()
+    if text not in answers:
+        raise ValueError("give true or false")
+    return answers[text]
 
 
 class Pyramid:
