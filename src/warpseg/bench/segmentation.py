@@ -83,8 +83,9 @@ def _measure_method(spec: str, label_set: str, atlas, targets: list[Target], loo
     method = get_segmenter(name)
     if label_set in getattr(method, "label_sets", ()):
         options.setdefault("labels", label_set)
-    if not method.needs_atlas:
-        _segment(name, options, targets[0], atlas, lookup, spec)  # warm-up: load the model once, not timed
+    if not method.needs_atlas:  # warm-up: load the model once, not timed (and without a long test-time refinement)
+        warm_up = {**options, "refine": 0} if "refine" in getattr(method, "defaults", {}) else options
+        _segment(name, warm_up, targets[0], atlas, lookup, spec)
     rows: dict[str, list[dict]] = {}
     for target in targets:
         for label, row in _segment(name, options, target, atlas, lookup, spec).items():
