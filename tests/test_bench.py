@@ -146,6 +146,27 @@ def test_segmentation_benchmark_scores_held_out_targets_on_the_seg4_scale(tmp_pa
     assert 0.01 < np.abs(copy.array - image.array).mean() < 0.2
 
 
+def test_segmentation_table_averages_corrupted_copies_and_compares_a_method_with_itself_copy_by_copy():
+    import numpy as np
+
+    from warpseg.bench.segmentation import render_segmentation_table
+    from warpseg.io import Volume
+
+    def row(target, seed, dice):
+        return {"target": target, "seed": seed, "dice_mean": dice, "components": 1.0, "seconds": 2.0}
+
+    atlas_dice, itn_dice = [0.70, 0.80, 0.60], [0.75, 0.70, 0.50]
+    rows = {"m": [row("vxm", None, 0.9)] + [row("vxm+noise+bias", k, d) for k, d in enumerate(atlas_dice)],
+            "m: itn": [row("vxm", None, 0.95)] + [row("vxm+noise+bias", k, d) for k, d in enumerate(itn_dice)]}
+    labels = Volume(np.zeros((8, 8), np.uint8), np.eye(4), is_labels=True)
+    table = render_segmentation_table(2, "seg4", "subjX", (labels, labels), rows, "test machine")
+    assert "| m | 0.900 | 0.700 ± 0.082 |" in table and "| m: itn | 0.950 | 0.650 ± 0.108 |" in table
+    assert "mean ± sd over 3 copies" in table
+    assert "m − itn: +0.050 ± 0.071, at least as high on 2 of 3." in table
+    single = {label: measured[:2] for label, measured in rows.items()}
+    assert "± " not in render_segmentation_table(2, "seg4", "subjX", (labels, labels), single, "test machine")
+
+
 def test_components_per_label_counts_separate_pieces():
     import numpy as np
 

@@ -335,8 +335,9 @@ def _add_bench(commands) -> None:
     command.add_argument("--segmentation", action="store_true",
                          help="benchmark segmentation instead: few-shot networks and atlas propagation on held-out subjects")
     command.add_argument("--labels", default="seg4,seg35", help="--segmentation: label sets, comma-separated")
-    command.add_argument("--corrupt", action="store_true",
-                         help="--segmentation: also segment copies with added noise and bias field")
+    command.add_argument("--corrupt", nargs="?", type=int, const=1, default=0, metavar="N",
+                         help="--segmentation: also segment N copies of every target with added noise and bias "
+                              "field (seeds 0 to N-1; N defaults to 1) and report their mean")
     command.set_defaults(run=_run_bench)
 
 
@@ -358,6 +359,9 @@ def _run_bench(args) -> int:
         return 0
     if args.segmentation:
         from warpseg.bench.segmentation import run_segmentation_benchmark
+
+        if args.corrupt < 0:
+            raise WarpsegError(f"--corrupt {args.corrupt}: give a number of corrupted copies, 1 or more")
 
         run_segmentation_benchmark(args.data, methods=methods, ndims=args.ndim or [2], corrupt=args.corrupt,
                                    label_sets=tuple(args.labels.split(",")), output=args.output)

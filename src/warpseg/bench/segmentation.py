@@ -8,9 +8,11 @@ Protocol, per label set (the one the few-shot networks are trained with, see ``l
   and scored against its seg4 labels.
 
 Atlas-based methods get the atlas image and labels; learned methods their shipped weights for the
-label set (option ``labels``). With ``corrupt`` every target is also segmented as a corrupted copy
-(Gaussian noise and a smooth multiplicative bias field, fixed seed). Topology: connected components
-per label of the prediction, beside the atlas's count.
+label set (option ``labels``). With ``corrupt = N`` every target is also segmented as N corrupted
+copies (Gaussian noise and a smooth multiplicative bias field, seeds 0..N-1), scored as their mean;
+with more than one copy, each method's further segmentations (the ITN's, the network's) are compared
+with its main one copy by copy. Topology: connected components per label of the prediction, beside
+the atlas's count.
 """
 from __future__ import annotations
 
@@ -33,11 +35,13 @@ STACK_SLICE = 19  # the 2D slice z=109 inside the 41-slice stacks
 
 @dataclass(frozen=True)
 class Target:
-    """An image to segment with its seg4 truth; ``name`` says which subject and corruption."""
+    """An image to segment with its seg4 truth; ``name`` says which subject and corruption (the table's
+    column), ``seed`` which corrupted copy (None: the image itself)."""
 
     name: str
     image: object
     seg4: object
+    seed: int | None = None
 
 
 def default_segmentation_methods(ndim: int, label_set: str) -> list[str]:
@@ -50,9 +54,10 @@ def default_segmentation_methods(ndim: int, label_set: str) -> list[str]:
 
 
 def run_segmentation_benchmark(data_dir: Path | None, *, methods: list[str] | None = None, ndims=(2,),
-                               label_sets=("seg4", "seg35"), corrupt: bool = False,
+                               label_sets=("seg4", "seg35"), corrupt: int = 0,
                                output: Path = Path("BENCHMARKS.md")) -> dict:
-    """Segment the held-out targets with each method; return the rows and write one section per table."""
+    """Segment the held-out targets (and ``corrupt`` corrupted copies of each) with each method; return the
+    rows and write one section per table."""
     data_dir = Path(data_dir) if data_dir else default_data_dir()
     tables = {}
     for ndim in ndims:
@@ -103,7 +108,8 @@ def _segment(name: str, options: dict, target: Target, atlas, lookup: np.ndarray
     rows = {}
     for label, volume in volumes.items():
         rows[label] = _score(volume, target, lookup, result)
-        print(f"[bench segment] {label:44s} {target.name:18s} Dice {rows[label]['dice_mean']:.3f}  "
+        copy = "" if target.seed is None else f" #{target.seed}"
+        print(f"[bench segment] {label:44s} {target.name + copy:21s} Dice {rows[label]['dice_mean']:.3f}  "
               f"{rows[label]['components']:.1f} components/label  {result.seconds:.2f}s", file=sys.stderr)
     return rows
 
@@ -114,7 +120,7 @@ def _score(volume, target: Target, lookup: np.ndarray, result) -> dict:
     labels = np.asarray(volume.array)
     metrics = label_metrics(lookup[labels.astype(np.int64)], np.asarray(target.seg4.array),
                             tuple(float(s) for s in target.image.spacing))
-    return {"target": target.name, "seconds": result.seconds, "device": result.device,
+    return {"target": target.name, "seed": target.seed, "seconds": result.seconds, "device": result.device,
             "dice_mean": metrics["dice_mean"], "hd95_mean": metrics["hd95_mean"],
             "components": components_per_label(labels), "model_spacing": result.details.get("model_spacing")}
 
@@ -175,16 +181,14 @@ def load_atlas(data_dir: Path, subject: str, ndim: int, label_set: str):
     return image, Volume(labels.array, labels.affine, is_labels=True, label_names=names)
 
 
-def load_targets(data_dir: Path, subject: str, ndim: int, corrupt: bool) -> list[Target]:
-    """The subject's image with its seg4 truth, and (``corrupt``) its corrupted copy."""
+def load_targets(data_dir: Path, subject: str, ndim: int, corrupt: int) -> list[Target]:
+    """The subject's image with its seg4 truth, and ``corrupt`` corrupted copies of it (seeds 0, 1, ...)."""
     from warpseg.io import read_volume
 
     image = read_volume(data_dir / _image_file(subject, ndim), labels=False)
     seg4 = read_volume(data_dir / _seg4_file(subject, ndim), labels=True)
     targets = [Target(subject, image, seg4)]
-    if corrupt:
-        targets.append(Target(f"{subject}+noise+bias", corrupted(image), seg4))
-    return targets
+    return targets + [Target(f"{subject}+noise+bias", corrupted(image, seed), seg4, seed) for seed in range(corrupt)]
 
 
 def corrupted(image, seed: int = 0):
@@ -224,12 +228,16 @@ def _seg4_lookup(data_dir: Path, label_set: str) -> np.ndarray:
 def render_segmentation_table(ndim: int, label_set: str, atlas_name: str, atlas, rows: dict[str, list[dict]],
                               machine: str, ceilings: dict[float, float] | None = None) -> str:
     """A Markdown section: Dice (seg4 scale) per target kind, topology and time per method; ``ceilings``
-    (:func:`grid_ceiling` of the first target by model grid spacing) as a sentence."""
+    (:func:`grid_ceiling` of the first target by model grid spacing) as a sentence; with several corrupted
+    copies, their mean ± sd and each method's main segmentation against its further ones, copy by copy."""
     import datetime
 
     kinds = sorted({row["target"] for measured in rows.values() for row in measured}, key=len)
+    copies = max(sum(row["seed"] is not None for row in measured) for measured in rows.values()) if rows else 0
     atlas_components = components_per_label(np.asarray(atlas[1].array))
     merged = " merged to seg4" if label_set != "seg4" else ""
+    several = (f" Corrupted: mean ± sd over {copies} copies (noise and bias field drawn with seeds 0 to "
+               f"{copies - 1})." if copies > 1 else "")
     lines = [
         f"## Segmentation, {ndim}D, {label_set} (atlas {atlas_name}, held-out target{'s' if len(kinds) > 1 else ''} "
         f"{', '.join(kinds)})",
@@ -237,18 +245,45 @@ def render_segmentation_table(ndim: int, label_set: str, atlas_name: str, atlas,
         f"Run {datetime.date.today().isoformat()} on {machine}. Dice: mean over the seg4 classes of the target's "
         f"truth (predictions{merged or ' in seg4'}); components: connected components per predicted label "
         f"(the atlas: {atlas_components:.1f}); time: the whole segmentation job per image (atlas propagation "
-        "includes its registration)." + ceiling_sentence(ceilings or {}),
+        "includes its registration)." + several + ceiling_sentence(ceilings or {}),
         "",
         "| method | " + " | ".join(f"Dice {kind}" for kind in kinds) + " | components / label | s / image |",
         "|---|" + "---|" * len(kinds) + "---|---|",
     ]
     for spec, measured in rows.items():
-        by_kind = {row["target"]: row for row in measured}
-        dice = " | ".join(f"{by_kind[kind]['dice_mean']:.3f}" if kind in by_kind else "—" for kind in kinds)
+        dice = " | ".join(_dice_cell([row["dice_mean"] for row in measured if row["target"] == kind]) for kind in kinds)
         components = np.mean([row["components"] for row in measured])
         seconds = np.mean([row["seconds"] for row in measured])
         lines.append(f"| {spec} | {dice} | {components:.1f} | {seconds:.3f} |")
+    if copies > 1:
+        lines += ["", copy_by_copy_sentence(rows)]
     return "\n".join(lines) + "\n"
+
+
+def _dice_cell(values: list[float]) -> str:
+    if not values:
+        return "—"
+    return f"{values[0]:.3f}" if len(values) == 1 else f"{np.mean(values):.3f} ± {np.std(values):.3f}"
+
+
+def copy_by_copy_sentence(rows: dict[str, list[dict]]) -> str:
+    """Each method's segmentation minus each of its further ones (``"spec: name"`` rows) on the corrupted
+    copies: mean ± sd of the difference, and on how many copies the main one scores at least as high."""
+    comparisons = []
+    for label, measured in rows.items():
+        spec, _, further = label.partition(": ")
+        if not further or spec not in rows:
+            continue
+        main = {row["seed"]: row["dice_mean"] for row in rows[spec] if row["seed"] is not None}
+        other = {row["seed"]: row["dice_mean"] for row in measured if row["seed"] is not None}
+        difference = np.array([main[seed] - other[seed] for seed in sorted(main.keys() & other.keys())])
+        if difference.size:
+            comparisons.append(f"{spec} − {further}: {difference.mean():+.3f} ± {difference.std():.3f}, at least as "
+                               f"high on {int((difference >= 0).sum())} of {difference.size}")
+    if not comparisons:
+        return ""
+    return ("Main segmentation against the method's other one on the same corrupted copies: "
+            + "; ".join(comparisons) + ".")
 
 
 def ceiling_sentence(ceilings: dict[float, float]) -> str:
