@@ -61,8 +61,9 @@ def machine_description() -> str:
     except OSError:
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    threads = torch.get_num_threads()
     return (f"{model}, {os.cpu_count()} cores, {gpu}; torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), Python {platform.python_version()}")
+            f"({threads} thread{'s' if threads != 1 else ''}), Python {platform.python_version()}")
 
 
 def render_table(ndim: int, pairs, summary: dict[str, dict], machine: str, pairs_kind: str = "dev pairs") -> str:
