@@ -208,8 +208,8 @@ def test_atlas_istn_is_a_segmentation_and_a_registration_method_and_refuses_a_gi
     with pytest.raises(InputError, match="no option"):
         run_to_end(segment(image, "atlas-istn", weights=path, device="cpu", options={"iterations": 3}))
     for options, message in (({"refine": -1}, "refine=-1: give a number of refinement steps"),
-                             ({"refine_learning_rate": 0}, "refine_learning_rate=0.0: give an Adam step size"),
-                             ({"refine_smoothness": -5}, "refine_smoothness=-5.0: a loss weight is 0 or more")):
+                             ({"refine_learning_rate": 0}, "refine_learning_rate=0: give an Adam step size"),
+                             ({"refine_smoothness": -5}, "refine_smoothness=-5: a loss weight is 0 or more")):
         with pytest.raises(InputError, match=message):
             run_to_end(segment(image, "atlas-istn", weights=path, device="cpu", options=options))
 

@@ -58,15 +58,16 @@ class AtlasIstnWeights(ShippedWeights):
         from warpseg.methods.sitk_runner import resolve_options
 
         settings = resolve_options(self.defaults, self.options, self.name)
+        written = {**settings, **self.options}  # the values as the user wrote them, for the messages
         if settings["refine"] < 0:
-            raise InputError(f"{self.name} option refine={settings['refine']}: give a number of refinement steps "
+            raise InputError(f"{self.name} option refine={written['refine']}: give a number of refinement steps "
                              "(the paper: 50 for brains), or 0 for the one-pass result")
         if settings["refine_learning_rate"] <= 0:
-            raise InputError(f"{self.name} option refine_learning_rate={settings['refine_learning_rate']}: give an "
+            raise InputError(f"{self.name} option refine_learning_rate={written['refine_learning_rate']}: give an "
                              f"Adam step size above 0 (default {DEFAULTS['refine_learning_rate']})")
         for key in ("refine_smoothness", "refine_image_to_atlas"):
             if settings[key] < 0:
-                raise InputError(f"{self.name} option {key}={settings[key]}: a loss weight is 0 or more "
+                raise InputError(f"{self.name} option {key}={written[key]}: a loss weight is 0 or more "
                                  f"(default {DEFAULTS[key]})")
         return settings
 
