@@ -111,6 +111,7 @@ def test_unknown_and_cast_options():
     with pytest.raises(InputError, match="no option"):
         resolve_options(defaults, {"iteration": 5}, "m")
     assert resolve_options(defaults, {"iterations": 7.0}, "m")["iterations"] == 7
+    assert resolve_options(defaults, {"iterations": str(2**60 + 1)}, "m")["iterations"] == 2**60 + 1
     with pytest.raises(InputError, match=r"iterations=2.5 is not a valid int: give a whole number"):
         resolve_options(defaults, {"iterations": 2.5}, "m")
     flags = {"fixed_is_atlas": False}

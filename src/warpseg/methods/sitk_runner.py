@@ -218,16 +218,26 @@ def resolve_options(defaults: dict[str, Any], given: dict[str, Any], method: str
             elif default is None or isinstance(default, str):
                 resolved[key] = value
             elif isinstance(default, int):
-                number = float(value)
-                if not number.is_integer():
-                    raise ValueError("give a whole number")
-                resolved[key] = int(number)
+                resolved[key] = _whole_number(value)
             else:
                 resolved[key] = type(default)(value)
         except (TypeError, ValueError) as error:
             raise InputError(f"{method} option {key}={value!r} is not a valid "
                              f"{type(default).__name__}: {error}") from None
     return resolved
+
+
+def _whole_number(value: Any) -> int:
+    """``value`` as an int, exactly (a large seed keeps every digit); a ValueError for a fraction."""
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    try:
+        return int(str(value))
+    except ValueError:
+        number = float(value)
+    if not number.is_integer():
+        raise ValueError("give a whole number")
+    return int(number)
 
 
 def _truth(value: Any) -> bool:
